@@ -1,0 +1,147 @@
+"""Primary capture path: ``torch.export`` (non-strict) plus a costed replay of its graph.
+
+``torch.export`` gives the ATen graph with each op's owning module. To cost it, the exported
+graph is replayed node by node on fake CPU tensors, forward and backward, under a
+``CostRecorder``: the fake tensors allocate nothing, and CPU fakes dispatch to the same fused
+attention kernel a real run uses, so saved activations are those of a real step.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from autopar.trace.op_classes import classify, op_name
+from autopar.trace.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
+from autopar.trace.records import OpRecord, clean_module_path
+
+_HOP = torch.ops.higher_order
+_CPU = torch.device("cpu")
+
+
+def _to_cpu(x: Any) -> Any:
+    """Graph constants name the device the model was exported on; the replay runs on fake CPU."""
+    if isinstance(x, torch.device) and x.type == "meta":
+        return _CPU
+    return x
+
+
+def _module_of(node: torch.fx.Node) -> tuple[str, str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, mtype = list(stack.values())[-1]
+    type_name = mtype if isinstance(mtype, str) else getattr(mtype, "__name__", str(mtype))
+    return clean_module_path(path), type_name.rsplit(".", 1)[-1]
+
+
+class _Replay(torch.fx.Interpreter):
+    """Runs an exported graph on fake CPU tensors, recording each call as an ``OpRecord``."""
+
+    def __init__(self, gm: torch.fx.GraphModule, recorder: CostRecorder,
+                 param_names: dict[str, str], records: list[OpRecord] | None) -> None:
+        super().__init__(gm)
+        self.recorder = recorder
+        self.param_names = param_names
+        self.records = records
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        args = torch.fx.node.map_aggregate(args, _to_cpu)
+        kwargs = torch.fx.node.map_aggregate(kwargs, _to_cpu)
+        if target is _HOP.wrap_with_set_grad_enabled:
+            with torch.set_grad_enabled(args[0]):
+                return self._nested(args[1], args[2:])
+        if target is _HOP.wrap_with_autocast:
+            device, dtype, enabled, cache = args[:4]
+            with torch.autocast(device_type="cpu", dtype=dtype, enabled=enabled,
+                                cache_enabled=cache):
+                return self._nested(args[4], args[5:])
+        return target(*args, **kwargs)
+
+    def _nested(self, gm: torch.fx.GraphModule, args: Any) -> Any:
+        """Higher-order wrappers (no_grad/autocast regions) replay inside the calling node."""
+        return _Replay(gm, self.recorder, {}, None).run(*args)
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        if n.op != "call_function" or self.records is None:
+            return super().run_node(n)
+        self.recorder.owner = n.name
+        result = super().run_node(n)
+        self.recorder.claim_grad_fns(result, n.name)
+        self.records.append(self._record(n, result))
+        return result
+
+    def _record(self, n: torch.fx.Node, result: Any) -> OpRecord:
+        module, module_type = _module_of(n)
+        op_class = classify(n.target, module_type)
+        outs = tensors_in(result)
+        inputs = [a for a in n.all_input_nodes if a.op == "call_function"]
+        arg_tensors = [self.env[a] for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
+        read = sum(tensor_bytes(t) for t in arg_tensors)
+        written = sum(tensor_bytes(t) for t in outs)
+        first = outs[0] if outs else None
+        target = n.target
+        name = "getitem" if target is operator.getitem else str(target)
+        if target is operator.getitem:
+            op_class = "view"
+        return OpRecord(
+            name=n.name,
+            target=name,
+            module=module,
+            module_type=module_type,
+            op_class=op_class,
+            shape=tuple(first.shape) if first is not None else (),
+            dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
+            out_bytes=written,
+            inputs=[a.name for a in inputs],
+            input_bytes={a.name: sum(tensor_bytes(t) for t in tensors_in(self.env[a]))
+                         for a in inputs},
+            arg_shapes=[tuple(t.shape) for t in arg_tensors],
+            params=[self.param_names[a.name] for a in n.all_input_nodes
+                    if a.name in self.param_names],
+            fwd_flops=self.recorder.fwd_flops.pop(n.name, 0),
+            bytes_read=0 if op_class == "view" else read,
+            bytes_written=0 if op_class == "view" else written,
+        )
+
+
+def _fake_placeholder(val: Any, requires_grad: bool) -> Any:
+    if not isinstance(val, torch.Tensor):
+        return val
+    t = torch.empty_strided(val.shape, val.stride(), dtype=val.dtype, device=_CPU)
+    return t.requires_grad_(requires_grad and t.is_floating_point())
+
+
+def capture_with_export(model: nn.Module, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> list[OpRecord]:
+    """Export ``model`` and replay its graph; returns its ops in execution order, costed."""
+    ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
+    sig = ep.graph_signature
+    param_names = dict(sig.inputs_to_parameters)
+    trainable = {n for n, fqn in param_names.items()
+                 if model.get_parameter(fqn).requires_grad}
+    records: list[OpRecord] = []
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+        inputs = [_fake_placeholder(n.meta.get("val"), n.name in trainable) for n in placeholders]
+        params = [t for n, t in zip(placeholders, inputs, strict=True) if n.name in param_names]
+        recorder = CostRecorder(param_storages=[storage_key(t) for t in params])
+        replay = _Replay(ep.graph_module, recorder, param_names, records)
+        with recorder.forward():
+            outputs = replay.run(*inputs)
+        recorder.run_backward(outputs)
+    for r in records:
+        r.bwd_flops = recorder.bwd_flops.get(r.name, 0)
+        r.bwd_bytes = recorder.bwd_bytes.get(r.name, 0)
+        r.saved_bytes = recorder.saved_bytes.get(r.name, 0)
+    return records
+
+
+def describe_op(target: Any) -> str:
+    """A short operator name for messages."""
+    return op_name(target)

@@ -1,0 +1,145 @@
+"""Fallback capture path: run the model eagerly on fake tensors and log every ATen op.
+
+Used where ``torch.export`` cannot capture the model (data-dependent Python control flow,
+unsupported constructs). The model runs as written, via ``torch.func.functional_call`` with fake
+CPU parameters, so nothing is allocated and the user's module is left untouched. Module hooks
+give each op its owning module, a dispatch mode logs the ops and their dataflow, and the same
+``CostRecorder`` as the export path measures FLOPs, bytes and saved tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+
+from autopar.trace.op_classes import classify, op_name
+from autopar.trace.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
+from autopar.trace.records import OpRecord
+
+
+@contextmanager
+def module_stack(model: nn.Module) -> Iterator[list[tuple[str, str]]]:
+    """The (path, type) of the modules currently running, innermost last, while inside."""
+    paths = {id(m): (p, type(m).__name__) for p, m in model.named_modules()}
+    stack: list[tuple[str, str]] = []
+
+    def enter(module: nn.Module, args: Any) -> None:
+        if id(module) in paths:
+            stack.append(paths[id(module)])
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if id(module) in paths and stack and stack[-1] == paths[id(module)]:
+            stack.pop()
+
+    pre = nn.modules.module.register_module_forward_pre_hook(enter)
+    post = nn.modules.module.register_module_forward_hook(leave)
+    try:
+        yield stack
+    finally:
+        pre.remove()
+        post.remove()
+
+
+class _OpLogger(TorchDispatchMode):
+    """Makes one ``OpRecord`` per dispatched ATen op, with dataflow by tensor identity."""
+
+    def __init__(self, recorder: CostRecorder, stack: list[tuple[str, str]],
+                 param_names: dict[int, str]) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.stack = stack
+        self.param_names = param_names
+        self.records: list[OpRecord] = []
+        self._producer: dict[int, str] = {}
+        self._alive: list[torch.Tensor] = []
+        self._counts: dict[str, int] = defaultdict(int)
+        self._pending: tuple[str, Any] | None = None
+
+    def flush(self) -> None:
+        """Claim the autograd nodes of the last op (attached by autograd after dispatch)."""
+        if self._pending is not None:
+            self.recorder.claim_grad_fns(self._pending[1], self._pending[0])
+            self._pending = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.ops.prim.device.default:
+            return func(*args, **kwargs)
+        self.flush()
+        base = op_name(func)
+        name = f"{base}_{self._counts[base]}" if self._counts[base] else base
+        self._counts[base] += 1
+        self.recorder.owner = name
+        out = func(*args, **kwargs)
+        module, module_type = self.stack[-1] if self.stack else ("", "")
+        op_class = classify(func, module_type)
+        ins = tensors_in(args) + tensors_in(kwargs)
+        outs = tensors_in(out)
+        inputs = list(dict.fromkeys(self._producer[id(t)] for t in ins if id(t) in self._producer))
+        input_bytes = {}
+        for t in ins:
+            if id(t) in self._producer:
+                input_bytes.setdefault(self._producer[id(t)], tensor_bytes(t))
+        for t in outs:
+            self._producer[id(t)] = name
+            self._alive.append(t)
+        first = outs[0] if outs else None
+        self.records.append(OpRecord(
+            name=name,
+            target=str(func),
+            module=module,
+            module_type=module_type,
+            op_class=op_class,
+            shape=tuple(first.shape) if first is not None else (),
+            dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
+            out_bytes=sum(tensor_bytes(t) for t in outs),
+            inputs=inputs,
+            input_bytes=input_bytes,
+            arg_shapes=[tuple(t.shape) for t in ins],
+            params=[self.param_names[id(t)] for t in ins if id(t) in self.param_names],
+            fwd_flops=self.recorder.fwd_flops.pop(name, 0),
+            bytes_read=0 if op_class == "view" else sum(tensor_bytes(t) for t in ins),
+            bytes_written=0 if op_class == "view" else sum(tensor_bytes(t) for t in outs),
+        ))
+        self._pending = (name, out)
+        return out
+
+
+def fake_like(t: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
+    """A fake CPU tensor with ``t``'s shape and dtype (call inside a ``FakeTensorMode``)."""
+    fake = torch.empty(tuple(t.shape), dtype=t.dtype, device="cpu")
+    return fake.requires_grad_(requires_grad and fake.is_floating_point())
+
+
+def capture_with_hooks(model: nn.Module, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> list[OpRecord]:
+    """Run ``model`` once forward and backward on fake tensors; its ops in execution order."""
+    with FakeTensorMode():
+        params = {n: fake_like(p, p.requires_grad) for n, p in model.named_parameters()}
+        buffers = {n: fake_like(b) for n, b in model.named_buffers()}
+        fake_args = tree_map(lambda x: fake_like(x) if isinstance(x, torch.Tensor) else x, args)
+        fake_kwargs = tree_map(lambda x: fake_like(x) if isinstance(x, torch.Tensor) else x,
+                               kwargs)
+        recorder = CostRecorder(param_storages=[storage_key(p) for p in params.values()])
+        param_names = {id(p): n for n, p in params.items()}
+        with module_stack(model) as stack:
+            logger = _OpLogger(recorder, stack, param_names)
+            with recorder.forward(), logger:
+                outputs = torch.func.functional_call(
+                    model, {**params, **buffers}, fake_args, fake_kwargs, strict=False)
+            logger.flush()
+        recorder.run_backward(outputs)
+    records = logger.records
+    for r in records:
+        r.bwd_flops = recorder.bwd_flops.get(r.name, 0)
+        r.bwd_bytes = recorder.bwd_bytes.get(r.name, 0)
+        r.saved_bytes = recorder.saved_bytes.get(r.name, 0)
+    return records

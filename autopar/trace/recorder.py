@@ -1,0 +1,176 @@
+"""Measure what one training step of a traced model costs, op by op, on fake tensors.
+
+Both capture paths run the model's forward and backward once on fake CPU tensors with this
+recorder active. It attributes to an *owner* (a graph node id) three things that cannot be known
+from shapes alone without re-deriving PyTorch's own rules:
+
+- the FLOPs of every ATen op dispatched while the owner runs, forward and backward, using the
+  formulas of ``torch.utils.flop_counter`` (the same numbers ``FlopCounterMode`` reports);
+- the bytes each backward op reads and writes;
+- every tensor autograd saves for backward (``saved_tensors_hooks``), deduplicated by storage
+  and excluding parameters, so activation memory is measured, not estimated by formula.
+
+Backward work is attributed through the autograd graph: after an owner's forward, the grad_fn
+nodes it created are claimed for it, and hooks on them switch the current owner while the
+autograd engine runs them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+from autopar.trace.op_classes import classify
+
+aten = torch.ops.aten
+
+
+def _shape(t: Any) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _cpu_flash_fwd(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    return int(sdpa_flop_count(_shape(query), _shape(key), _shape(value)))
+
+
+def _cpu_flash_bwd(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kw: Any) -> int:
+    return int(sdpa_backward_flop_count(_shape(grad_out), _shape(query), _shape(key), _shape(value)))
+
+
+# flop_counter knows the CUDA attention kernels but not the CPU flash kernel that fake CPU
+# tensors dispatch to; it has the same FLOPs as any fused attention of the same shapes.
+_EXTRA_FLOPS: dict[Any, Callable[..., int]] = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd,
+}
+
+
+def op_flops(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    """FLOPs of one dispatched ATen op, 0 for ops without a formula (memory-bound ops)."""
+    packet = getattr(func, "_overloadpacket", func)
+    if packet in _EXTRA_FLOPS:
+        return _EXTRA_FLOPS[packet](*args, **kwargs)
+    formula = flop_registry.get(packet)
+    if formula is None:
+        return 0
+    return int(formula(*args, **kwargs, out_val=out))
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Logical bytes of a tensor (what an op reads or writes), not of its storage."""
+    return t.numel() * t.element_size()
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """An identity for a tensor's storage, stable across views of it (fake tensors included)."""
+    return int(t.untyped_storage()._cdata)
+
+
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """The tensors in a nested structure of args or outputs."""
+    return [x for x in tree_flatten(obj)[0] if isinstance(x, torch.Tensor)]
+
+
+class CostRecorder(TorchDispatchMode):
+    """Attributes forward/backward FLOPs, backward bytes and saved activations to owners."""
+
+    def __init__(self, param_storages: Iterable[int] = ()) -> None:
+        super().__init__()
+        self.owner: Hashable | None = None
+        self.backward = False
+        self.fwd_flops: dict[Hashable, int] = defaultdict(int)
+        self.bwd_flops: dict[Hashable, int] = defaultdict(int)
+        self.bwd_bytes: dict[Hashable, int] = defaultdict(int)
+        self.saved_bytes: dict[Hashable, int] = defaultdict(int)
+        self.dispatched: list[tuple[Hashable | None, str]] = []
+        self._saved_storages: set[int] = set()
+        self._param_storages = set(param_storages)
+        self._claimed: set[torch.autograd.graph.Node] = set()
+        self._hook_handles: list[Any] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.ops.prim.device.default:
+            return out
+        self.dispatched.append((self.owner, str(func)))
+        flops = op_flops(func, args, kwargs, out)
+        if self.backward:
+            self.bwd_flops[self.owner] += flops
+            if classify(func) != "view":
+                moved = tensors_in(args) + tensors_in(kwargs) + tensors_in(out)
+                self.bwd_bytes[self.owner] += sum(tensor_bytes(t) for t in moved)
+        else:
+            self.fwd_flops[self.owner] += flops
+        return out
+
+    # -- saved activations -------------------------------------------------------------------
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key not in self._param_storages and key not in self._saved_storages:
+            self._saved_storages.add(key)
+            self.saved_bytes[self.owner] += t.untyped_storage().nbytes()
+        return t
+
+    # -- backward attribution ----------------------------------------------------------------
+    def claim_grad_fns(self, outputs: Any, owner: Hashable) -> None:
+        """Give ``owner`` every autograd node reachable from ``outputs`` not claimed yet.
+
+        Called right after the owner's forward: the nodes it created are exactly the unclaimed
+        ones reachable from its outputs (earlier owners claimed theirs already).
+        """
+        stack = [t.grad_fn for t in tensors_in(outputs) if t.grad_fn is not None]
+        while stack:
+            fn = stack.pop()
+            if fn in self._claimed:
+                continue
+            self._claimed.add(fn)
+            self._hook_handles.append(fn.register_prehook(self._enter(owner)))
+            self._hook_handles.append(fn.register_hook(self._leave))
+            stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
+
+    def _enter(self, owner: Hashable) -> Callable[..., None]:
+        def prehook(grad_outputs: Any) -> None:
+            self.owner = owner
+
+        return prehook
+
+    def _leave(self, grad_inputs: Any, grad_outputs: Any) -> None:
+        self.owner = None
+
+    @contextmanager
+    def forward(self) -> Iterator[CostRecorder]:
+        """Record a forward pass: dispatched ops and saved tensors go to ``self.owner``."""
+        self.backward = False
+        with self, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
+
+    def run_backward(self, outputs: Any) -> None:
+        """Backpropagate from the training loss, attributing each backward op to its owner.
+
+        The loss is the first scalar floating output that requires grad (what a training loop
+        calls ``.backward()`` on); without one, every floating output is seeded with ones, as if
+        the caller reduced them into a loss outside the model.
+        """
+        flat = [t for t in tensors_in(outputs) if t.requires_grad and t.is_floating_point()]
+        scalars = [t for t in flat if t.dim() == 0]
+        roots = scalars[:1] or flat
+        if not roots:
+            return
+        self.backward = True
+        self.owner = None
+        try:
+            with self:
+                torch.autograd.backward(roots, [torch.ones_like(t) for t in roots])
+        finally:
+            self.backward = False
+            for handle in self._hook_handles:
+                handle.remove()
+            self._hook_handles.clear()

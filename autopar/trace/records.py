@@ -1,0 +1,54 @@
+"""``OpRecord``: one captured ATen op with its measured costs, before layers are formed."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from autopar.trace.op_classes import OpClass
+
+_CALL_SUFFIX = re.compile(r"@\d+")
+
+
+def clean_module_path(path: str) -> str:
+    """Strip export's ``@N`` call-count suffixes so every call maps to the module's own path."""
+    return _CALL_SUFFIX.sub("", path)
+
+
+@dataclass
+class OpRecord:
+    """One op of the captured forward graph and what it costs in a training step.
+
+    FLOPs and bytes are for the traced batch; ``saved_bytes`` is what autograd keeps alive for
+    backward because of this op (parameters excluded, shared storages counted once).
+    """
+
+    name: str
+    target: str
+    module: str
+    module_type: str
+    op_class: OpClass
+    shape: tuple[int, ...]
+    dtype: str
+    out_bytes: int
+    inputs: list[str] = field(default_factory=list)
+    input_bytes: dict[str, int] = field(default_factory=dict)
+    arg_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+    fwd_flops: int = 0
+    bwd_flops: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    bwd_bytes: int = 0
+    saved_bytes: int = 0
+
+    def signature(self) -> tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]]:
+        """What must match for two ops to be the same op of two identical blocks."""
+        return (self.target, self.shape, tuple(self.arg_shapes))
+
+    def renamed(self, name: str, rename: dict[str, str], module: str, params: list[str]) -> OpRecord:
+        """A copy of this op as it occurs in another block: new id, inputs, module and params."""
+        inputs = [rename.get(i, i) for i in self.inputs]
+        input_bytes = {rename.get(i, i): b for i, b in self.input_bytes.items()}
+        return replace(self, name=name, inputs=inputs, input_bytes=input_bytes, module=module,
+                       params=params)
