@@ -5,7 +5,7 @@
 """
 
 from autopar.errors import AutoparError, InputError, SpecError, TraceError
-from autopar.trace import Layer, ModelGraph, TPPattern, TraceFallbackWarning, trace
+from autopar.tracing import Layer, ModelGraph, TPPattern, TraceFallbackWarning, trace
 
 __version__ = "0.1.0"
 

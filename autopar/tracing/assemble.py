@@ -10,15 +10,16 @@ block feeding nothing but the second. Otherwise ``RepeatMismatch`` asks for a fu
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import networkx as nx
 from torch import nn
 
-from autopar.trace.blocks import ModelStructure, Renaming, Run
-from autopar.trace.graph import Layer, ModelGraph
-from autopar.trace.records import OpRecord
-from autopar.trace.tp_patterns import find_patterns
+from autopar.tracing.blocks import ModelStructure, Renaming, Run
+from autopar.tracing.graph import Layer, ModelGraph
+from autopar.tracing.records import OpRecord
+from autopar.tracing.tp_patterns import find_patterns, matmul_weight
 
 
 class RepeatMismatch(Exception):
@@ -101,6 +102,34 @@ def expand_runs(records: list[OpRecord], units: list[str], runs: list[Run]
     return records, units, copied_from
 
 
+def active_fractions(records: list[OpRecord], by_name: dict[str, OpRecord],
+                     param_shapes: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    """Fraction of each expert parameter one token uses (top_k / num_experts under routing).
+
+    A weight's *utilisation* is the number of tokens its matmuls process (FLOPs / 2 / size).
+    Dense 2-D weights process every token of the layer; an expert's weight (used by routed ops,
+    or stacked with others in a 3-D parameter) processes only its share. Only expert weights
+    get a fraction below one, so convolutions and poolers are never mistaken for experts.
+    """
+    util: dict[str, float] = defaultdict(float)
+    expert: set[str] = set()
+    dense_tokens = 0.0
+    for r in records:
+        p = matmul_weight(r, by_name, param_shapes, through=("view", "elementwise"),
+                          dims=(2, 3))
+        if p is None or not r.fwd_flops:
+            continue
+        util[p] += r.fwd_flops / 2 / math.prod(param_shapes[p])
+        if r.routed or len(param_shapes[p]) == 3 and "grouped_mm" in r.target:
+            expert.add(p)
+    for p, u in util.items():
+        if p not in expert and len(param_shapes[p]) == 2:
+            dense_tokens = max(dense_tokens, u)
+    if not dense_tokens:
+        return {}
+    return {p: min(1.0, util[p] / dense_tokens) for p in expert}
+
+
 def _segments(units: list[str]) -> list[tuple[str, int, int]]:
     """Maximal stretches of consecutive records of one unit: (unit, start, stop)."""
     segments: list[tuple[str, int, int]] = []
@@ -166,6 +195,7 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
             name = f"{name}#{seen_units[unit]}"
         layer_index_of_unit.setdefault(unit, li)
         mine = owned.get(li, [])
+        fraction = active_fractions(recs, by_name, param_shapes)
         used = {p for r in recs for p in r.params}
         running += crossing[li]
         source = copied_from.get(unit)
@@ -177,10 +207,11 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
             num_ops=len(recs),
             fwd_flops=sum(r.fwd_flops for r in recs) / batch_size,
             bwd_flops=sum(r.bwd_flops for r in recs) / batch_size,
+            recompute_flops=sum(r.recompute_flops for r in recs) / batch_size,
             params=sum(params[p].numel() for p in mine),
             param_bytes=sum(params[p].numel() * params[p].element_size() for p in mine),
             trainable_params=sum(params[p].numel() for p in mine if params[p].requires_grad),
-            active_params=sum(params[p].numel() for p in mine),
+            active_params=round(sum(params[p].numel() * fraction.get(p, 1.0) for p in mine)),
             tied_params=sorted(used - set(mine)),
             activation_bytes=sum(r.saved_bytes for r in recs) / batch_size,
             boundary_bytes=running / batch_size if li < len(segments) - 1 else 0.0,
@@ -192,6 +223,7 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
     for r in records:
         graph.add_node(r.name, op=r.target, module=r.module, op_class=r.op_class,
                        layer=layer_of[r.name], fwd_flops=r.fwd_flops, bwd_flops=r.bwd_flops,
+                       recompute_flops=r.recompute_flops,
                        bytes_read=r.bytes_read, bytes_written=r.bytes_written,
                        bwd_bytes=r.bwd_bytes, saved_bytes=r.saved_bytes, shape=r.shape,
                        dtype=r.dtype, params=tuple(r.params))

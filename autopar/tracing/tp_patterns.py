@@ -12,10 +12,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from autopar.trace.graph import TPPattern
-from autopar.trace.records import OpRecord
+from autopar.tracing.graph import TPPattern
+from autopar.tracing.records import OpRecord
 
 _PASS_THROUGH = {"view", "elementwise", "attention", "reduction", "matmul"}
+
+
+def matmul_weight(r: OpRecord, by_name: dict[str, OpRecord],
+                  param_shapes: dict[str, tuple[int, ...]], *, through: tuple[str, ...],
+                  dims: tuple[int, ...]) -> str | None:
+    """The parameter (of a rank in ``dims``) a matmul multiplies by, if any.
+
+    Looks up to three producers back through ops of the classes in ``through``: a transpose
+    of the weight, or an expert's slice of a stacked expert weight.
+    """
+    if r.op_class != "matmul":
+        return None
+    frontier = [r]
+    for _ in range(4):
+        for node in frontier:
+            for p in node.params:
+                if len(param_shapes.get(p, ())) in dims:
+                    return p
+        frontier = [by_name[i] for n in frontier for i in n.inputs
+                    if i in by_name and by_name[i].op_class in through]
+    return None
 
 
 class _Layer:
@@ -30,18 +51,7 @@ class _Layer:
 
     def weight(self, r: OpRecord) -> str | None:
         """The 2-D parameter a matmul multiplies by, looking through up to three views."""
-        if r.op_class != "matmul":
-            return None
-        frontier, depth = [r], 0
-        while frontier and depth < 4:
-            for node in frontier:
-                for p in node.params:
-                    if len(self.param_shapes.get(p, ())) == 2:
-                        return p
-            frontier = [self.by_name[i] for n in frontier for i in n.inputs
-                        if i in self.by_name and self.by_name[i].op_class == "view"]
-            depth += 1
-        return None
+        return matmul_weight(r, self.by_name, self.param_shapes, through=("view",), dims=(2,))
 
     def upstream_linears(self, start: Iterable[str]) -> list[OpRecord]:
         """Weighted linears reached walking back from ``start`` inside this layer."""
@@ -84,6 +94,7 @@ def find_patterns(records: list[OpRecord], by_name: dict[str, OpRecord],
                                       modules=tuple(c.module for c in columns) + (r.module,)))
         if vocab and r.shape and r.shape[-1] == vocab:
             patterns.append(TPPattern(kind="vocab_head", modules=(r.module,), size=vocab))
+    patterns.extend(_experts(records))
     for r in records:
         if r.op_class == "attention":
             patterns.extend(_attention(layer, r))
@@ -92,6 +103,22 @@ def find_patterns(records: list[OpRecord], by_name: dict[str, OpRecord],
             if rows == vocab:
                 patterns.append(TPPattern(kind="vocab_embedding", modules=(r.module,), size=rows))
     return patterns
+
+
+def _experts(records: list[OpRecord]) -> list[TPPattern]:
+    """Expert parallelism: a router's top-k choice over E experts feeding routed matmuls."""
+    routers = [r for r in records if r.op_class == "reduction" and "topk" in r.target]
+    experts = [r for r in records if r.op_class == "matmul" and (r.routed or "grouped_mm" in
+                                                                  r.target)]
+    if not routers or not experts:
+        return []
+    router = routers[0]
+    module = experts[0].module
+    for r in experts[1:]:
+        while module and not (r.module == module or r.module.startswith(module + ".")):
+            module = module.rpartition(".")[0]
+    return [TPPattern(kind="experts", modules=(module or router.module,),
+                      size=router.arg_shapes[0][-1], top_k=router.shape[-1])]
 
 
 def _attention(layer: _Layer, r: OpRecord) -> list[TPPattern]:

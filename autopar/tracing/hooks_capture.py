@@ -3,8 +3,9 @@
 Used where ``torch.export`` cannot capture the model (data-dependent Python control flow,
 unsupported constructs). The model runs as written, via ``torch.func.functional_call`` with fake
 CPU parameters, so nothing is allocated and the user's module is left untouched. Module hooks
-give each op its owning module, a dispatch mode logs the ops and their dataflow, and the same
-``CostRecorder`` as the export path measures FLOPs, bytes and saved tensors.
+give each op its owning module, a dispatch mode logs the ops and their dataflow, the same
+``CostRecorder`` as the export path measures FLOPs, bytes and saved tensors, and
+``ExpectedRouting`` lets mixture-of-experts routing run at its expected token counts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from autopar.trace.op_classes import classify, op_name
-from autopar.trace.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
-from autopar.trace.records import OpRecord
+from autopar.tracing.op_classes import classify, op_name
+from autopar.tracing.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
+from autopar.tracing.records import OpRecord
+from autopar.tracing.routing import ExpectedRouting
 
 
 @contextmanager
@@ -51,10 +53,11 @@ def module_stack(model: nn.Module) -> Iterator[list[tuple[str, str]]]:
 class _OpLogger(TorchDispatchMode):
     """Makes one ``OpRecord`` per dispatched ATen op, with dataflow by tensor identity."""
 
-    def __init__(self, recorder: CostRecorder, stack: list[tuple[str, str]],
-                 param_names: dict[int, str]) -> None:
+    def __init__(self, recorder: CostRecorder, routing: ExpectedRouting,
+                 stack: list[tuple[str, str]], param_names: dict[int, str]) -> None:
         super().__init__()
         self.recorder = recorder
+        self.routing = routing
         self.stack = stack
         self.param_names = param_names
         self.records: list[OpRecord] = []
@@ -108,6 +111,7 @@ class _OpLogger(TorchDispatchMode):
             fwd_flops=self.recorder.fwd_flops.pop(name, 0),
             bytes_read=0 if op_class == "view" else sum(tensor_bytes(t) for t in ins),
             bytes_written=0 if op_class == "view" else sum(tensor_bytes(t) for t in outs),
+            routed=any(self.routing.is_routed(t) for t in outs),
         ))
         self._pending = (name, out)
         return out
@@ -131,15 +135,13 @@ def capture_with_hooks(model: nn.Module, args: tuple[Any, ...],
         recorder = CostRecorder(param_storages=[storage_key(p) for p in params.values()])
         param_names = {id(p): n for n, p in params.items()}
         with module_stack(model) as stack:
-            logger = _OpLogger(recorder, stack, param_names)
-            with recorder.forward(), logger:
+            routing = ExpectedRouting()
+            logger = _OpLogger(recorder, routing, stack, param_names)
+            with recorder.forward(), routing, logger:
                 outputs = torch.func.functional_call(
                     model, {**params, **buffers}, fake_args, fake_kwargs, strict=False)
             logger.flush()
         recorder.run_backward(outputs)
     records = logger.records
-    for r in records:
-        r.bwd_flops = recorder.bwd_flops.get(r.name, 0)
-        r.bwd_bytes = recorder.bwd_bytes.get(r.name, 0)
-        r.saved_bytes = recorder.saved_bytes.get(r.name, 0)
+    recorder.fill(records)
     return records

@@ -45,7 +45,8 @@ class TPPattern(BaseModel):
 class Layer(BaseModel):
     """One unit a pipeline may cut around, with its costs for one sample unless stated.
 
-    FLOPs are for the whole traced batch divided by it (per sample); ``activation_bytes`` is
+    FLOPs are model FLOPs (matmuls and attention, the MFU convention) of the traced batch
+    divided by it (per sample); ``activation_bytes`` is
     what autograd saves for backward in this layer per sample, measured from the saved tensors
     of a fake forward; ``boundary_bytes`` is what a pipeline cut right after this layer must
     send per sample (every tensor made at or before it and used after it).
@@ -58,6 +59,8 @@ class Layer(BaseModel):
     num_ops: int
     fwd_flops: float
     bwd_flops: float
+    recompute_flops: float = 0.0
+    """Extra hardware FLOPs of fused attention backward (score recompute), not model FLOPs."""
     params: int
     param_bytes: int
     trainable_params: int
@@ -74,7 +77,8 @@ class ModelGraph:
     """The costed graph of one training step (forward + backward) of a model.
 
     ``graph`` is a ``networkx.DiGraph`` of ATen ops in execution order. Node attributes:
-    ``op``, ``module``, ``op_class``, ``layer``, ``fwd_flops``, ``bwd_flops``, ``bytes_read``,
+    ``op``, ``module``, ``op_class``, ``layer``, ``fwd_flops``, ``bwd_flops``,
+    ``recompute_flops``, ``bytes_read``,
     ``bytes_written``, ``bwd_bytes``, ``saved_bytes``, ``shape``, ``dtype``, ``params``.
     Edges carry ``bytes``. Node costs are for the traced batch (``batch_size`` samples);
     ``layers`` give the same costs per sample.
@@ -107,6 +111,11 @@ class ModelGraph:
         return sum(layer.bwd_flops for layer in self.layers)
 
     @property
+    def hardware_flops(self) -> float:
+        """FLOPs one training step per sample really executes: model FLOPs plus recompute."""
+        return sum(lay.fwd_flops + lay.bwd_flops + lay.recompute_flops for lay in self.layers)
+
+    @property
     def activation_bytes(self) -> float:
         """Bytes saved for backward per sample over the whole model."""
         return sum(layer.activation_bytes for layer in self.layers)
@@ -133,6 +142,7 @@ class ModelGraph:
             "param_bytes": self.param_bytes,
             "fwd_flops_per_sample": self.fwd_flops,
             "bwd_flops_per_sample": self.bwd_flops,
+            "hardware_flops_per_sample": self.hardware_flops,
             "activation_bytes_per_sample": self.activation_bytes,
             "num_layers": len(self.layers),
             "num_ops": self.graph.number_of_nodes(),

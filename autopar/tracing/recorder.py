@@ -27,7 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-from autopar.trace.op_classes import classify
+from autopar.tracing.op_classes import classify, op_name
+from autopar.tracing.records import OpRecord
 
 aten = torch.ops.aten
 
@@ -44,11 +45,28 @@ def _cpu_flash_bwd(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, 
     return int(sdpa_backward_flop_count(_shape(grad_out), _shape(query), _shape(key), _shape(value)))
 
 
+def _grouped_mm(mat_a: Any, mat_b: Any, *args: Any, **kwargs: Any) -> int:
+    """Grouped GEMM (mixture-of-experts): every row of the stacked problem is multiplied once.
+
+    2-D x 3-D: tokens sorted by expert times per-expert weights; 2-D x 2-D: the weight
+    gradient, groups split the shared K dimension; 3-D x 3-D: a batch of equal groups.
+    """
+    a, b = _shape(mat_a), _shape(mat_b)
+    if len(a) == 2 and len(b) == 3:
+        return 2 * a[0] * a[1] * b[2]
+    if len(a) == 2 and len(b) == 2:
+        return 2 * a[0] * a[1] * b[1]
+    if len(a) == 3 and len(b) == 3:
+        return 2 * a[0] * a[1] * a[2] * b[2]
+    return 2 * a[-2] * a[-1] * b[-1]
+
+
 # flop_counter knows the CUDA attention kernels but not the CPU flash kernel that fake CPU
-# tensors dispatch to; it has the same FLOPs as any fused attention of the same shapes.
+# tensors dispatch to (same FLOPs as any fused attention of the same shapes), nor grouped GEMMs.
 _EXTRA_FLOPS: dict[Any, Callable[..., int]] = {
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
     aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd,
+    aten._grouped_mm: _grouped_mm,
 }
 
 
@@ -61,6 +79,23 @@ def op_flops(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any)
     if formula is None:
         return 0
     return int(formula(*args, **kwargs, out_val=out))
+
+
+def attention_recompute_flops(func: Any, args: tuple[Any, ...]) -> int:
+    """FLOPs a fused attention backward spends recomputing the scores ``q @ k^T``.
+
+    flop_counter counts them in the backward (they run), but the standard model-FLOPs
+    convention (6N per token + 12·s·h per layer, the basis of MFU) does not, so they are kept
+    apart: backward FLOPs stay model FLOPs and this is the extra hardware work.
+    """
+    name = op_name(func)
+    if "attention" not in name or "backward" not in name or len(args) < 3:
+        return 0
+    query, key = args[1], args[2]
+    if not isinstance(query, torch.Tensor) or query.dim() != 4:
+        return 0
+    b, h_q, s_q, d = query.shape
+    return int(2 * b * h_q * s_q * key.shape[-2] * d)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -87,6 +122,7 @@ class CostRecorder(TorchDispatchMode):
         self.backward = False
         self.fwd_flops: dict[Hashable, int] = defaultdict(int)
         self.bwd_flops: dict[Hashable, int] = defaultdict(int)
+        self.recompute_flops: dict[Hashable, int] = defaultdict(int)
         self.bwd_bytes: dict[Hashable, int] = defaultdict(int)
         self.saved_bytes: dict[Hashable, int] = defaultdict(int)
         self.dispatched: list[tuple[Hashable | None, str]] = []
@@ -103,7 +139,9 @@ class CostRecorder(TorchDispatchMode):
         self.dispatched.append((self.owner, str(func)))
         flops = op_flops(func, args, kwargs, out)
         if self.backward:
-            self.bwd_flops[self.owner] += flops
+            recompute = attention_recompute_flops(func, args)
+            self.recompute_flops[self.owner] += recompute
+            self.bwd_flops[self.owner] += flops - recompute
             if classify(func) != "view":
                 moved = tensors_in(args) + tensors_in(kwargs) + tensors_in(out)
                 self.bwd_bytes[self.owner] += sum(tensor_bytes(t) for t in moved)
@@ -151,6 +189,14 @@ class CostRecorder(TorchDispatchMode):
         self.backward = False
         with self, torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
             yield self
+
+    def fill(self, records: Iterable[OpRecord]) -> None:
+        """Copy the backward and saved-tensor figures measured for each record onto it."""
+        for r in records:
+            r.bwd_flops = self.bwd_flops.get(r.name, 0)
+            r.recompute_flops = self.recompute_flops.get(r.name, 0)
+            r.bwd_bytes = self.bwd_bytes.get(r.name, 0)
+            r.saved_bytes = self.saved_bytes.get(r.name, 0)
 
     def run_backward(self, outputs: Any) -> None:
         """Backpropagate from the training loss, attributing each backward op to its owner.

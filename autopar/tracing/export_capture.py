@@ -8,6 +8,8 @@ attention kernel a real run uses, so saved activations are those of a real step.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from typing import Any
 
@@ -16,9 +18,9 @@ import torch.fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from autopar.trace.op_classes import classify, op_name
-from autopar.trace.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
-from autopar.trace.records import OpRecord, clean_module_path
+from autopar.tracing.op_classes import classify
+from autopar.tracing.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
+from autopar.tracing.records import OpRecord, clean_module_path
 
 _HOP = torch.ops.higher_order
 _CPU = torch.device("cpu")
@@ -120,7 +122,10 @@ def _fake_placeholder(val: Any, requires_grad: bool) -> Any:
 def capture_with_export(model: nn.Module, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> list[OpRecord]:
     """Export ``model`` and replay its graph; returns its ops in execution order, costed."""
-    ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
+    # On failure torch.export prints its partial graph to stderr; the caller reports the
+    # failure itself (and falls back), so keep that dump away from the user.
+    with contextlib.redirect_stderr(io.StringIO()):
+        ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
     sig = ep.graph_signature
     param_names = dict(sig.inputs_to_parameters)
     trainable = {n for n, fqn in param_names.items()
@@ -135,13 +140,5 @@ def capture_with_export(model: nn.Module, args: tuple[Any, ...],
         with recorder.forward():
             outputs = replay.run(*inputs)
         recorder.run_backward(outputs)
-    for r in records:
-        r.bwd_flops = recorder.bwd_flops.get(r.name, 0)
-        r.bwd_bytes = recorder.bwd_bytes.get(r.name, 0)
-        r.saved_bytes = recorder.saved_bytes.get(r.name, 0)
+    recorder.fill(records)
     return records
-
-
-def describe_op(target: Any) -> str:
-    """A short operator name for messages."""
-    return op_name(target)

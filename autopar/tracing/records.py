@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from autopar.trace.op_classes import OpClass
+from autopar.tracing.op_classes import OpClass
 
 _CALL_SUFFIX = re.compile(r"@\d+")
 
@@ -37,10 +37,13 @@ class OpRecord:
     params: list[str] = field(default_factory=list)
     fwd_flops: int = 0
     bwd_flops: int = 0
+    recompute_flops: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
     bwd_bytes: int = 0
     saved_bytes: int = 0
+    routed: bool = False
+    """Works on the tokens routed to one expert (mixture-of-experts), not on every token."""
 
     def signature(self) -> tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]]:
         """What must match for two ops to be the same op of two identical blocks."""

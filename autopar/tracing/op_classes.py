@@ -17,7 +17,7 @@ OpClass = Literal[
 _MATMUL = {
     "linear", "mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", "conv1d", "conv2d", "conv3d",
     "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "addbmm", "addmv", "mv", "dot", "_scaled_mm", "bilinear",
+    "addbmm", "addmv", "mv", "dot", "_scaled_mm", "bilinear", "_grouped_mm", "grouped_mm",
 }
 _ATTENTION_PREFIXES = ("scaled_dot_product", "_scaled_dot_product", "_flash_attention",
                        "_efficient_attention", "flex_attention")

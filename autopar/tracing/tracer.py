@@ -14,6 +14,7 @@ Order of attempts, cheapest and most faithful first:
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,18 +25,18 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from autopar.errors import AutoparError, InputError, TraceError
-from autopar.trace.assemble import (
+from autopar.tracing.assemble import (
     RepeatMismatch,
     assign_units,
     build_graph,
     expand_runs,
     rename_records,
 )
-from autopar.trace.blocks import Run, analyse, module_signature, shortened
-from autopar.trace.export_capture import capture_with_export
-from autopar.trace.graph import ModelGraph
-from autopar.trace.hooks_capture import capture_with_hooks, module_stack
-from autopar.trace.records import OpRecord
+from autopar.tracing.blocks import Run, analyse, module_signature, shortened
+from autopar.tracing.export_capture import capture_with_export
+from autopar.tracing.graph import ModelGraph
+from autopar.tracing.hooks_capture import capture_with_hooks, module_stack
+from autopar.tracing.records import OpRecord
 
 
 class TraceFallbackWarning(UserWarning):
@@ -86,6 +87,21 @@ def _training_step(model: nn.Module) -> Iterator[None]:
             config.use_cache = had_cache  # type: ignore[union-attr]
 
 
+@contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """A failed attempt is expected and handled; keep torch's internal error dumps off stderr."""
+    names = ["torch", *(n for n in logging.root.manager.loggerDict if n.startswith("torch."))]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 class _Failure:
     """Where a capture attempt failed: the innermost running module and the last op."""
 
@@ -98,7 +114,7 @@ class _Failure:
 def _attempt(capture: Callable[..., list[OpRecord]], model: nn.Module, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> list[OpRecord] | _Failure:
     """Run one capture, remembering which module and op were running if it fails."""
-    with module_stack(model) as stack:
+    with module_stack(model) as stack, _quiet_torch_logs():
         try:
             return capture(model, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next path

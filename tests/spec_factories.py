@@ -1,0 +1,57 @@
+"""Model factories for the SPEC and CLI tests: good ones, and each way a factory goes wrong."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NOT_CALLABLE = 42
+
+
+def _linear() -> nn.Linear:
+    with torch.device("meta"):
+        return nn.Linear(16, 8)
+
+
+def pair() -> tuple[nn.Module, torch.Tensor]:
+    """The usual form: (model, one input tensor)."""
+    return _linear(), torch.zeros(2, 16, device="meta")
+
+
+def triple() -> tuple[nn.Module, list[torch.Tensor], dict[str, object]]:
+    """(model, positional inputs as a list, keyword inputs)."""
+    return _linear(), [torch.zeros(2, 16, device="meta")], {}
+
+
+def sized(batch_size: int = 3, seq_len: int = 5) -> tuple[nn.Module, torch.Tensor]:
+    """Takes --batch/--seq-len: the input is [batch_size, seq_len, 16]."""
+    return _linear(), torch.zeros(batch_size, seq_len, 16, device="meta")
+
+
+def shape_mismatch() -> tuple[nn.Module, torch.Tensor]:
+    """Linear(16, 8) fed 10 features: the model rejects its own example input."""
+    return _linear(), torch.zeros(2, 10, device="meta")
+
+
+def raises() -> tuple[nn.Module, torch.Tensor]:
+    raise RuntimeError("checkpoint not found\nsecond line of detail")
+
+
+def model_only() -> nn.Module:
+    return _linear()
+
+
+def one_tuple() -> tuple[nn.Module]:
+    return (_linear(),)
+
+
+def not_a_module() -> tuple[str, torch.Tensor]:
+    return "linear", torch.zeros(2, 16)
+
+
+def bad_inputs() -> tuple[nn.Module, str]:
+    return _linear(), "a string"
+
+
+def bad_kwargs() -> tuple[nn.Module, torch.Tensor, list[int]]:
+    return _linear(), torch.zeros(2, 16), [1, 2]
