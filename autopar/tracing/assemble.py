@@ -34,13 +34,22 @@ def _reprefix(path: str, old: str, new: str) -> str:
     return path
 
 
-def rename_records(records: list[OpRecord], renaming: Renaming) -> None:
-    """Map module paths and parameter names of the shortened model back to the original."""
-    if not renaming.prefixes:
-        return
+def canonical_param_names(model: nn.Module) -> dict[str, str]:
+    """Every name a parameter goes by -> its first name (tied weights have several)."""
+    first: dict[int, str] = {}
+    names: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names[name] = first.setdefault(id(p), name)
+    return names
+
+
+def rename_records(records: list[OpRecord], renaming: Renaming,
+                   canonical: dict[str, str]) -> None:
+    """Map module paths and parameter names of the shortened model back to the original,
+    naming each parameter by its canonical (first) name."""
     for r in records:
         r.module = renaming(r.module)
-        r.params = [renaming(p) for p in r.params]
+        r.params = [canonical.get(q, q) for q in (renaming(p) for p in r.params)]
 
 
 def assign_units(records: list[OpRecord], structure: ModelStructure) -> list[str]:

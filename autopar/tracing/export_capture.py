@@ -18,6 +18,7 @@ import torch.fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify
 from autopar.tracing.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
 from autopar.tracing.records import OpRecord, clean_module_path
@@ -131,7 +132,7 @@ def capture_with_export(model: nn.Module, args: tuple[Any, ...],
     trainable = {n for n, fqn in param_names.items()
                  if model.get_parameter(fqn).requires_grad}
     records: list[OpRecord] = []
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with FakeTensorMode(allow_non_fake_inputs=True), FakeKernelShims():
         placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
         inputs = [_fake_placeholder(n.meta.get("val"), n.name in trainable) for n in placeholders]
         params = [t for n, t in zip(placeholders, inputs, strict=True) if n.name in param_names]

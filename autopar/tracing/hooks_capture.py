@@ -21,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify, op_name
 from autopar.tracing.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
 from autopar.tracing.records import OpRecord
@@ -126,7 +127,7 @@ def fake_like(t: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
 def capture_with_hooks(model: nn.Module, args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> list[OpRecord]:
     """Run ``model`` once forward and backward on fake tensors; its ops in execution order."""
-    with FakeTensorMode():
+    with FakeTensorMode(), FakeKernelShims():
         params = {n: fake_like(p, p.requires_grad) for n, p in model.named_parameters()}
         buffers = {n: fake_like(b) for n, b in model.named_buffers()}
         fake_args = tree_map(lambda x: fake_like(x) if isinstance(x, torch.Tensor) else x, args)

@@ -28,6 +28,7 @@ from autopar.errors import AutoparError, InputError, TraceError
 from autopar.tracing.assemble import (
     RepeatMismatch,
     assign_units,
+    canonical_param_names,
     build_graph,
     expand_runs,
     rename_records,
@@ -214,7 +215,7 @@ def trace(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] 
                 failure = failure or result
                 continue
             records, capture, renaming = result
-            rename_records(records, renaming)
+            rename_records(records, renaming, canonical_param_names(model))
             units = assign_units(records, structure)
             try:
                 records, units, copied = expand_runs(records, units, runs)
