@@ -188,13 +188,15 @@ def inspect_report(graph: ModelGraph, name: str = "") -> str:
         layer_rows(graph.layers), align="rlrrrrl",
         footer=[["", "total", _count(graph.total_params), _num(total_flops),
                  _num(graph.activation_bytes / 1e6), "", ""]])
+    short = f" ({_count(graph.total_params)})" if graph.total_params >= 10_000 else ""
     totals = [
-        ("params", f"{graph.total_params:,} ({_count(graph.total_params)}); trainable "
-                   f"{graph.trainable_params:,}; active {graph.active_params:,}"),
+        ("params", f"{graph.total_params:,}{short}; trainable {graph.trainable_params:,}; "
+                   f"active {graph.active_params:,}"),
         ("GFLOP/sample", f"{_num(total_flops)} (forward {_num(graph.fwd_flops / 1e9)}, "
                          f"backward {_num(graph.bwd_flops / 1e9)})"),
         ("activations", f"{_num(graph.activation_bytes / 1e6)} MB/sample saved for backward"),
-        ("ops", f"{graph.graph.number_of_nodes():,} in {len(graph.layers)} layers"),
+        ("ops", f"{graph.graph.number_of_nodes():,} in {len(graph.layers)} "
+                f"layer{'s' if len(graph.layers) != 1 else ''}"),
         ("capture", graph.capture),
     ]
     width = max(len(k) for k, _ in totals)

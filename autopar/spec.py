@@ -103,9 +103,9 @@ def _import_file(spec: str, path: Path) -> ModuleType:
         raise SpecError(f"model {spec!r}: file {str(path)!r} not found; check the path "
                         f"(relative paths start from {str(Path.cwd())!r})")
     resolved = path.resolve()
-    # A unique name keeps two files called models.py apart and lets dataclasses/pickle find
-    # the module in sys.modules while it runs.
-    name = f"autopar_spec_{abs(hash(str(resolved))):x}_{resolved.stem}"
+    # Registered in sys.modules (dataclasses look their module up there) under a prefixed
+    # name, so a file called e.g. "torch.py" or "models.py" cannot shadow a real package.
+    name = f"autopar_spec_{resolved.stem}"
     module_spec = importlib.util.spec_from_file_location(name, resolved)
     if module_spec is None or module_spec.loader is None:
         raise SpecError(f"model {spec!r}: cannot import {str(path)!r} as Python; "

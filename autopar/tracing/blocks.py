@@ -109,8 +109,11 @@ def analyse(model: nn.Module) -> ModelStructure:
     def holds_container(path: str) -> bool:
         return any(c.startswith(path + ".") for c in container_set)
 
+    block_lists: list[str] = []
+
     def expand(module: nn.Module, path: str) -> None:
         """Children of a container are units; nested containers are expanded in place."""
+        block_lists.append(path)
         for name, child in module.named_children():
             child_path = _join(path, name)
             if isinstance(child, CONTAINERS):
@@ -137,7 +140,7 @@ def analyse(model: nn.Module) -> ModelStructure:
 
     modules = dict(model.named_modules())
     runs: list[Run] = []
-    for container in containers:
+    for container in block_lists:
         children = list(modules[container].named_children())
         i = 0
         while i < len(children):

@@ -20,7 +20,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify
-from autopar.tracing.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
+from autopar.tracing.recorder import (
+    CostRecorder,
+    moved_bytes,
+    storage_key,
+    tensor_bytes,
+    tensors_in,
+)
 from autopar.tracing.records import OpRecord, clean_module_path
 
 _HOP = torch.ops.higher_order
@@ -85,13 +91,12 @@ class _Replay(torch.fx.Interpreter):
         outs = tensors_in(result)
         inputs = [a for a in n.all_input_nodes if a.op == "call_function"]
         arg_tensors = [self.env[a] for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
-        read = sum(tensor_bytes(t) for t in arg_tensors)
-        written = sum(tensor_bytes(t) for t in outs)
-        first = outs[0] if outs else None
         target = n.target
         name = "getitem" if target is operator.getitem else str(target)
         if target is operator.getitem:
             op_class = "view"
+        read, written = moved_bytes(op_class, arg_tensors, outs)
+        first = outs[0] if outs else None
         return OpRecord(
             name=n.name,
             target=name,
@@ -100,7 +105,7 @@ class _Replay(torch.fx.Interpreter):
             op_class=op_class,
             shape=tuple(first.shape) if first is not None else (),
             dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
-            out_bytes=written,
+            out_bytes=sum(tensor_bytes(t) for t in outs),
             inputs=[a.name for a in inputs],
             input_bytes={a.name: sum(tensor_bytes(t) for t in tensors_in(self.env[a]))
                          for a in inputs},
@@ -108,8 +113,8 @@ class _Replay(torch.fx.Interpreter):
             params=[self.param_names[a.name] for a in n.all_input_nodes
                     if a.name in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(n.name, 0),
-            bytes_read=0 if op_class == "view" else read,
-            bytes_written=0 if op_class == "view" else written,
+            bytes_read=read,
+            bytes_written=written,
         )
 
 

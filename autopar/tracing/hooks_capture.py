@@ -23,7 +23,13 @@ from torch.utils._pytree import tree_map
 
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify, op_name
-from autopar.tracing.recorder import CostRecorder, storage_key, tensor_bytes, tensors_in
+from autopar.tracing.recorder import (
+    CostRecorder,
+    moved_bytes,
+    storage_key,
+    tensor_bytes,
+    tensors_in,
+)
 from autopar.tracing.records import OpRecord
 from autopar.tracing.routing import ExpectedRouting
 
@@ -96,6 +102,7 @@ class _OpLogger(TorchDispatchMode):
             self._producer[id(t)] = name
             self._alive.append(t)
         first = outs[0] if outs else None
+        read, written = moved_bytes(op_class, ins, outs)
         self.records.append(OpRecord(
             name=name,
             target=str(func),
@@ -110,8 +117,8 @@ class _OpLogger(TorchDispatchMode):
             arg_shapes=[tuple(t.shape) for t in ins],
             params=[self.param_names[id(t)] for t in ins if id(t) in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(name, 0),
-            bytes_read=0 if op_class == "view" else sum(tensor_bytes(t) for t in ins),
-            bytes_written=0 if op_class == "view" else sum(tensor_bytes(t) for t in outs),
+            bytes_read=read,
+            bytes_written=written,
             routed=any(self.routing.is_routed(t) for t in outs),
         ))
         self._pending = (name, out)

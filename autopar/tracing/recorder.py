@@ -17,6 +17,7 @@ autograd engine runs them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ aten = torch.ops.aten
 
 
 def _shape(t: Any) -> tuple[int, ...]:
-    return tuple(t.shape)
+    """A tensor's shape; FlopCounterMode hands formulas shapes already, we hand tensors."""
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t)
 
 
 def _cpu_flash_fwd(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
@@ -63,7 +65,7 @@ def _grouped_mm(mat_a: Any, mat_b: Any, *args: Any, **kwargs: Any) -> int:
 
 # flop_counter knows the CUDA attention kernels but not the CPU flash kernel that fake CPU
 # tensors dispatch to (same FLOPs as any fused attention of the same shapes), nor grouped GEMMs.
-_EXTRA_FLOPS: dict[Any, Callable[..., int]] = {
+EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
     aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd,
     aten._grouped_mm: _grouped_mm,
@@ -73,8 +75,8 @@ _EXTRA_FLOPS: dict[Any, Callable[..., int]] = {
 def op_flops(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     """FLOPs of one dispatched ATen op, 0 for ops without a formula (memory-bound ops)."""
     packet = getattr(func, "_overloadpacket", func)
-    if packet in _EXTRA_FLOPS:
-        return _EXTRA_FLOPS[packet](*args, **kwargs)
+    if packet in EXTRA_FLOP_FORMULAS:
+        return EXTRA_FLOP_FORMULAS[packet](*args, **kwargs)
     formula = flop_registry.get(packet)
     if formula is None:
         return 0
@@ -108,9 +110,42 @@ def storage_key(t: torch.Tensor) -> int:
     return int(t.untyped_storage()._cdata)
 
 
+def moved_bytes(op_class: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor]
+                ) -> tuple[int, int]:
+    """(bytes read, bytes written) by one op: none for views or ops returning an input as is
+    (``contiguous`` of a contiguous tensor), else every input read and every output written."""
+    in_storages = {storage_key(t) for t in inputs}
+    if op_class == "view" or any(storage_key(t) in in_storages for t in outputs):
+        return 0, 0
+    return sum(tensor_bytes(t) for t in inputs), sum(tensor_bytes(t) for t in outputs)
+
+
 def tensors_in(obj: Any) -> list[torch.Tensor]:
     """The tensors in a nested structure of args or outputs."""
     return [x for x in tree_flatten(obj)[0] if isinstance(x, torch.Tensor)]
+
+
+def output_tensors(obj: Any, _depth: int = 0) -> list[torch.Tensor]:
+    """Tensors a model returned, wherever they sit: containers, dataclasses, plain objects
+    (model outputs are often custom classes that pytree cannot see into)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if _depth > 4:
+        return []
+    if isinstance(obj, dict):
+        children: list[Any] = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        children = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = list(vars(obj).values())
+    else:
+        return []
+    found: list[torch.Tensor] = []
+    for child in children:
+        found.extend(t for t in output_tensors(child, _depth + 1) if not any(t is f for f in found))
+    return found
 
 
 class CostRecorder(TorchDispatchMode):
@@ -205,7 +240,7 @@ class CostRecorder(TorchDispatchMode):
         calls ``.backward()`` on); without one, every floating output is seeded with ones, as if
         the caller reduced them into a loss outside the model.
         """
-        flat = [t for t in tensors_in(outputs) if t.requires_grad and t.is_floating_point()]
+        flat = [t for t in output_tensors(outputs) if t.requires_grad and t.is_floating_point()]
         scalars = [t for t in flat if t.dim() == 0]
         roots = scalars[:1] or flat
         if not roots:

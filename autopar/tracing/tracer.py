@@ -55,7 +55,8 @@ def _is_data_dependent(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+    first = lines[0].rstrip(". ") if lines else ""
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _model_device(model: nn.Module) -> torch.device:
