@@ -63,7 +63,8 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    """A nanoGPT-style decoder: token and position embeddings, blocks, final norm, LM head.
+    """A nanoGPT-style decoder: token and position embeddings, blocks, final norm, LM head
+    sharing the token embedding's weights.
 
     The blocks sit in an ``nn.ModuleList``, which is how autopar finds the pipeline layers and
     sees that they repeat (it traces two and copies the rest).
@@ -77,6 +78,7 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.tok.weight  # weight tying, as in GPT-2 and nanoGPT
         self.max_len = max_len
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:

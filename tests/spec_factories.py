@@ -55,3 +55,24 @@ def bad_inputs() -> tuple[nn.Module, str]:
 
 def bad_kwargs() -> tuple[nn.Module, torch.Tensor, list[int]]:
     return _linear(), torch.zeros(2, 16), [1, 2]
+
+
+class _Result:
+    """Not a pytree: torch.export refuses it, so tracing falls back to module hooks."""
+
+    def __init__(self, y: torch.Tensor) -> None:
+        self.y = y
+
+
+class _Opaque(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> _Result:
+        return _Result(self.linear(x))
+
+
+def export_fails() -> tuple[nn.Module, torch.Tensor]:
+    with torch.device("meta"):
+        return _Opaque(), torch.zeros(2, 8)

@@ -1,4 +1,4 @@
-"""What tracing finds in a model: layers, repeated blocks, experts, TP patterns, fallbacks, errors."""
+"""What tracing finds: layers, repeated blocks, experts, TP patterns, fallbacks, errors."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def _join(prefix: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """``length`` consecutive identical blocks ``container.start`` .. ``container.start+length-1``."""
+    """``length`` consecutive identical blocks of ``container``, from index ``start`` on."""
 
     container: str
     start: int

@@ -90,7 +90,8 @@ class _Replay(torch.fx.Interpreter):
         op_class = classify(n.target, module_type)
         outs = tensors_in(result)
         inputs = [a for a in n.all_input_nodes if a.op == "call_function"]
-        arg_tensors = [self.env[a] for a in n.all_input_nodes if isinstance(self.env[a], torch.Tensor)]
+        arg_tensors = [self.env[a] for a in n.all_input_nodes
+                       if isinstance(self.env[a], torch.Tensor)]
         target = n.target
         name = "getitem" if target is operator.getitem else str(target)
         if target is operator.getitem:

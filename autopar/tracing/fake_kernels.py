@@ -18,7 +18,7 @@ _GROUPED_MM = torch.ops.aten._grouped_mm.default
 class FakeKernelShims(TorchDispatchMode):
     """Answers fake-tensor calls whose meta functions are narrower than the real kernels."""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is _GROUPED_MM and args[0].dtype != torch.bfloat16:
             dtype = args[0].dtype

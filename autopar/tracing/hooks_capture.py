@@ -79,7 +79,7 @@ class _OpLogger(TorchDispatchMode):
             self.recorder.claim_grad_fns(self._pending[1], self._pending[0])
             self._pending = None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:
             return func(*args, **kwargs)
@@ -94,7 +94,7 @@ class _OpLogger(TorchDispatchMode):
         ins = tensors_in(args) + tensors_in(kwargs)
         outs = tensors_in(out)
         inputs = list(dict.fromkeys(self._producer[id(t)] for t in ins if id(t) in self._producer))
-        input_bytes = {}
+        input_bytes: dict[str, int] = {}
         for t in ins:
             if id(t) in self._producer:
                 input_bytes.setdefault(self._producer[id(t)], tensor_bytes(t))

@@ -43,8 +43,10 @@ def _cpu_flash_fwd(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) 
     return int(sdpa_flop_count(_shape(query), _shape(key), _shape(value)))
 
 
-def _cpu_flash_bwd(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kw: Any) -> int:
-    return int(sdpa_backward_flop_count(_shape(grad_out), _shape(query), _shape(key), _shape(value)))
+def _cpu_flash_bwd(grad_out: Any, query: Any, key: Any, value: Any, *args: Any,
+                   **kwargs: Any) -> int:
+    shapes = (_shape(grad_out), _shape(query), _shape(key), _shape(value))
+    return int(sdpa_backward_flop_count(*shapes))
 
 
 def _grouped_mm(mat_a: Any, mat_b: Any, *args: Any, **kwargs: Any) -> int:
@@ -166,7 +168,7 @@ class CostRecorder(TorchDispatchMode):
         self._claimed: set[torch.autograd.graph.Node] = set()
         self._hook_handles: list[Any] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func is torch.ops.prim.device.default:

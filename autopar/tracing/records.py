@@ -49,7 +49,8 @@ class OpRecord:
         """What must match for two ops to be the same op of two identical blocks."""
         return (self.target, self.shape, tuple(self.arg_shapes))
 
-    def renamed(self, name: str, rename: dict[str, str], module: str, params: list[str]) -> OpRecord:
+    def renamed(self, name: str, rename: dict[str, str], module: str,
+                params: list[str]) -> OpRecord:
         """A copy of this op as it occurs in another block: new id, inputs, module and params."""
         inputs = [rename.get(i, i) for i in self.inputs]
         input_bytes = {rename.get(i, i): b for i, b in self.input_bytes.items()}

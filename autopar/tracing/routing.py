@@ -88,7 +88,7 @@ class ExpectedRouting(TorchDispatchMode):
         real = tree_map(to_real, (args, kwargs))
         return None if missing else real
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
         real_in = self._real_inputs(args, kwargs) if any(
@@ -103,6 +103,7 @@ class ExpectedRouting(TorchDispatchMode):
             try:
                 out = func(*args, **kwargs)
             except DynamicOutputShapeException:  # nonzero, where(mask): size from the shadow
+                assert isinstance(real_out, torch.Tensor)
                 out = torch.empty(tuple(real_out.shape), dtype=real_out.dtype)
             for fake, real in zip(tree_flatten(out)[0], tree_flatten(real_out)[0], strict=False):
                 if isinstance(fake, torch.Tensor) and isinstance(real, torch.Tensor):
@@ -111,7 +112,9 @@ class ExpectedRouting(TorchDispatchMode):
 
         out = func(*args, **kwargs)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        if not tensors and outs and outs[0].numel() <= _MAX_SHADOW and not outs[0].is_floating_point():
+        small_ints = bool(outs) and outs[0].numel() <= _MAX_SHADOW and \
+            not outs[0].is_floating_point()
+        if not tensors and small_ints:
             # Factory ops (arange for one_hot, constant fills): their values are known.
             with _real():
                 self._set_shadow(outs[0], func(*args, **kwargs))

@@ -28,8 +28,8 @@ from autopar.errors import AutoparError, InputError, TraceError
 from autopar.tracing.assemble import (
     RepeatMismatch,
     assign_units,
-    canonical_param_names,
     build_graph,
+    canonical_param_names,
     expand_runs,
     rename_records,
 )
