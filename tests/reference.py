@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from autopar.tracing.recorder import EXTRA_FLOP_FORMULAS, tensors_in
+from autopar.tracing.recorder import EXTRA_FLOP_FORMULAS
+from autopar.tracing.tensors import tensors_in
 
 
 def training_loss(output: Any) -> torch.Tensor:

@@ -171,11 +171,17 @@ def test_fallback_path_warns_once_and_costs_like_export() -> None:
     assert fallback.activation_bytes == pytest.approx(exported.activation_bytes, rel=0.01)
 
 
-def test_data_dependent_control_flow_raises_trace_error_naming_the_module() -> None:
+def test_data_dependent_control_flow_raises_trace_error_naming_module_and_op() -> None:
     with pytest.raises(autopar.TraceError) as info:
         autopar.trace(models.DataDependent(), torch.randn(2, 8))
     assert info.value.module == ""  # the branch is in the top-level forward
     assert "DataDependent" in str(info.value) and "torch.cond" in str(info.value)
+    assert "_local_scalar_dense" in info.value.op
+
+    nested = torch.nn.Sequential(torch.nn.Linear(8, 8), models.DataDependent())
+    with pytest.raises(autopar.TraceError) as info:
+        autopar.trace(nested, torch.randn(2, 8))
+    assert info.value.module == "1" and "module '1' (DataDependent)" in str(info.value)
 
 
 def test_inputs_the_model_rejects_raise_input_error() -> None:

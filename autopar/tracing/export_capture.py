@@ -20,14 +20,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify
-from autopar.tracing.recorder import (
-    CostRecorder,
-    moved_bytes,
-    storage_key,
-    tensor_bytes,
-    tensors_in,
-)
+from autopar.tracing.recorder import CostRecorder
 from autopar.tracing.records import OpRecord, clean_module_path
+from autopar.tracing.tensors import storage_key, tensor_bytes, tensors_in
 
 _HOP = torch.ops.higher_order
 _CPU = torch.device("cpu")
@@ -96,26 +91,15 @@ class _Replay(torch.fx.Interpreter):
         name = "getitem" if target is operator.getitem else str(target)
         if target is operator.getitem:
             op_class = "view"
-        read, written = moved_bytes(op_class, arg_tensors, outs)
-        first = outs[0] if outs else None
-        return OpRecord(
-            name=n.name,
-            target=name,
-            module=module,
-            module_type=module_type,
-            op_class=op_class,
-            shape=tuple(first.shape) if first is not None else (),
-            dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
-            out_bytes=sum(tensor_bytes(t) for t in outs),
+        return OpRecord.measured(
+            name=n.name, target=name, module=module, module_type=module_type,
+            op_class=op_class, in_tensors=arg_tensors, out_tensors=outs,
             inputs=[a.name for a in inputs],
             input_bytes={a.name: sum(tensor_bytes(t) for t in tensors_in(self.env[a]))
                          for a in inputs},
-            arg_shapes=[tuple(t.shape) for t in arg_tensors],
             params=[self.param_names[a.name] for a in n.all_input_nodes
                     if a.name in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(n.name, 0),
-            bytes_read=read,
-            bytes_written=written,
         )
 
 

@@ -23,15 +23,10 @@ from torch.utils._pytree import tree_map
 
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify, op_name
-from autopar.tracing.recorder import (
-    CostRecorder,
-    moved_bytes,
-    storage_key,
-    tensor_bytes,
-    tensors_in,
-)
+from autopar.tracing.recorder import CostRecorder
 from autopar.tracing.records import OpRecord
 from autopar.tracing.routing import ExpectedRouting
+from autopar.tracing.tensors import storage_key, tensor_bytes, tensors_in
 
 
 @contextmanager
@@ -72,6 +67,8 @@ class _OpLogger(TorchDispatchMode):
         self._alive: list[torch.Tensor] = []
         self._counts: dict[str, int] = defaultdict(int)
         self._pending: tuple[str, Any] | None = None
+        self.current_op = ""
+        """The op being dispatched: if the model fails, the op it failed in."""
 
     def flush(self) -> None:
         """Claim the autograd nodes of the last op (attached by autograd after dispatch)."""
@@ -88,6 +85,7 @@ class _OpLogger(TorchDispatchMode):
         name = f"{base}_{self._counts[base]}" if self._counts[base] else base
         self._counts[base] += 1
         self.recorder.owner = name
+        self.current_op = str(func)
         out = func(*args, **kwargs)
         module, module_type = self.stack[-1] if self.stack else ("", "")
         op_class = classify(func, module_type)
@@ -101,24 +99,12 @@ class _OpLogger(TorchDispatchMode):
         for t in outs:
             self._producer[id(t)] = name
             self._alive.append(t)
-        first = outs[0] if outs else None
-        read, written = moved_bytes(op_class, ins, outs)
-        self.records.append(OpRecord(
-            name=name,
-            target=str(func),
-            module=module,
-            module_type=module_type,
-            op_class=op_class,
-            shape=tuple(first.shape) if first is not None else (),
-            dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
-            out_bytes=sum(tensor_bytes(t) for t in outs),
-            inputs=inputs,
-            input_bytes=input_bytes,
-            arg_shapes=[tuple(t.shape) for t in ins],
+        self.records.append(OpRecord.measured(
+            name=name, target=str(func), module=module, module_type=module_type,
+            op_class=op_class, in_tensors=ins, out_tensors=outs,
+            inputs=inputs, input_bytes=input_bytes,
             params=[self.param_names[id(t)] for t in ins if id(t) in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(name, 0),
-            bytes_read=read,
-            bytes_written=written,
             routed=any(self.routing.is_routed(t) for t in outs),
         ))
         self._pending = (name, out)
@@ -145,9 +131,13 @@ def capture_with_hooks(model: nn.Module, args: tuple[Any, ...],
         with module_stack(model) as stack:
             routing = ExpectedRouting()
             logger = _OpLogger(recorder, routing, stack, param_names)
-            with recorder.forward(), routing, logger:
-                outputs = torch.func.functional_call(
-                    model, {**params, **buffers}, fake_args, fake_kwargs, strict=False)
+            try:
+                with recorder.forward(), routing, logger:
+                    outputs = torch.func.functional_call(
+                        model, {**params, **buffers}, fake_args, fake_kwargs, strict=False)
+            except Exception as exc:
+                exc.autopar_op = logger.current_op  # type: ignore[attr-defined]
+                raise
             logger.flush()
         recorder.run_backward(outputs)
     records = logger.records

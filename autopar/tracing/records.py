@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
 
 from autopar.tracing.op_classes import OpClass
+from autopar.tracing.tensors import moved_bytes, tensor_bytes
 
 _CALL_SUFFIX = re.compile(r"@\d+")
 
@@ -44,6 +48,22 @@ class OpRecord:
     saved_bytes: int = 0
     routed: bool = False
     """Works on the tokens routed to one expert (mixture-of-experts), not on every token."""
+
+    @classmethod
+    def measured(cls, *, name: str, target: str, module: str, module_type: str,
+                 op_class: OpClass, in_tensors: list[torch.Tensor],
+                 out_tensors: list[torch.Tensor], **fields: Any) -> OpRecord:
+        """A record whose shape, dtype and bytes come from the op's input and output tensors."""
+        read, written = moved_bytes(op_class, in_tensors, out_tensors)
+        first = out_tensors[0] if out_tensors else None
+        return cls(
+            name=name, target=target, module=module, module_type=module_type,
+            op_class=op_class,
+            shape=tuple(first.shape) if first is not None else (),
+            dtype=str(first.dtype).removeprefix("torch.") if first is not None else "",
+            out_bytes=sum(tensor_bytes(t) for t in out_tensors),
+            arg_shapes=[tuple(t.shape) for t in in_tensors],
+            bytes_read=read, bytes_written=written, **fields)
 
     def signature(self) -> tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]]:
         """What must match for two ops to be the same op of two identical blocks."""

@@ -121,7 +121,8 @@ def _attempt(capture: Callable[..., list[OpRecord]], model: nn.Module, args: tup
             return capture(model, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next path
             module = stack[-1][0] if stack else ""
-            return _Failure(exc, module, _last_aten_op(exc))
+            op = getattr(exc, "autopar_op", "") or _last_aten_op(exc)
+            return _Failure(exc, module, op)
 
 
 def _last_aten_op(exc: BaseException) -> str:
