@@ -234,6 +234,14 @@ def _other_hf_models() -> dict[str, object]:
         "Qwen2MoeForCausalLM": T.Qwen2MoeConfig(**small, num_experts=4, num_experts_per_tok=2,
                                                 moe_intermediate_size=64,
                                                 shared_expert_intermediate_size=128),
+        "DeepseekV3ForCausalLM": T.DeepseekV3Config(
+            **{**small, "num_hidden_layers": 4, "num_key_value_heads": 4}, n_routed_experts=8,
+            num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1,
+            kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=16, n_group=2, topk_group=1),
+        "AlbertForMaskedLM": T.AlbertConfig(hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=4, num_attention_heads=4,
+                                            vocab_size=300, embedding_size=32),
     }
 
 
@@ -255,3 +263,54 @@ def test_other_hugging_face_architectures(architecture: str) -> None:
     assert graph.fwd_flops > 0 and graph.bwd_flops >= graph.fwd_flops
     assert graph.activation_bytes > 0
     assert any(p.kind == "column_row" for layer in graph.layers for p in layer.tp_patterns)
+
+
+def test_a_shared_layer_called_at_every_depth_is_one_layer_per_call() -> None:
+    import transformers as T
+
+    config = T.AlbertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                            num_attention_heads=4, vocab_size=300, embedding_size=32)
+    with torch.device("meta"):
+        model = T.AlbertForMaskedLM(config)
+    graph = _trace_lm(model)
+    shared = "albert.encoder.albert_layer_groups.0"
+    calls = [layer for layer in graph.layers if layer.name.startswith(shared)]
+    assert [layer.name for layer in calls] == [shared, f"{shared}#2", f"{shared}#3", f"{shared}#4"]
+    assert calls[0].params > 0 and all(layer.params == 0 for layer in calls[1:])
+    assert len({layer.fwd_flops for layer in calls}) == 1 and calls[0].fwd_flops > 0
+
+
+@pytest.mark.parametrize("architecture", ["WhisperForConditionalGeneration", "CLIPModel",
+                                          "ResNetForImageClassification"])
+def test_models_with_other_inputs(architecture: str) -> None:
+    import transformers as T
+
+    ids = torch.zeros(2, 16, dtype=torch.long)
+    cases = {
+        "WhisperForConditionalGeneration": (T.WhisperConfig(
+            d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=300,
+            num_mel_bins=16, max_source_positions=32, max_target_positions=32,
+            decoder_start_token_id=0, pad_token_id=0), (torch.zeros(2, 16, 64),), {"labels": ids}),
+        "CLIPModel": (T.CLIPConfig(
+            text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, vocab_size=300, max_position_embeddings=32),
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=32, patch_size=8)),
+            (ids,), {"pixel_values": torch.zeros(2, 3, 32, 32), "return_loss": True}),
+        "ResNetForImageClassification": (T.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32], depths=[3, 2], num_labels=10),
+            (torch.zeros(2, 3, 32, 32),), {}),
+    }
+    config, args, kwargs = cases[architecture]
+    with torch.device("meta"):
+        model = getattr(T, architecture)(config)
+    graph = autopar.trace(model, args, kwargs)
+    assert graph.total_params == sum(p.numel() for p in model.parameters())
+    layer_of = dict(graph.graph.nodes(data="layer"))
+    assert all(layer_of[u] <= layer_of[v] for u, v in graph.graph.edges)
+    assert graph.fwd_flops > 0 and graph.activation_bytes > 0
+    if architecture == "ResNetForImageClassification":  # a stage of 3 blocks opens up
+        names = [layer.name for layer in graph.layers]
+        assert [n for n in names if n.startswith("resnet.encoder.stages.0.")] == [
+            f"resnet.encoder.stages.0.layers.{i}" for i in range(3)]

@@ -52,9 +52,17 @@ def rename_records(records: list[OpRecord], renaming: Renaming,
         r.params = [canonical.get(q, q) for q in (renaming(p) for p in r.params)]
 
 
+def _unit_call(r: OpRecord, structure: ModelStructure) -> str | None:
+    """The unit of an op, ``unit#N`` for the N-th call of a unit run more than once."""
+    unit = structure.unit_of(r.module)
+    if unit is None or not r.calls.get(unit):
+        return unit
+    return f"{unit}#{r.calls[unit] + 1}"
+
+
 def assign_units(records: list[OpRecord], structure: ModelStructure) -> list[str]:
     """The unit of every record; glue ops join the unit before them (or the first one)."""
-    units: list[str | None] = [structure.unit_of(r.module) for r in records]
+    units: list[str | None] = [_unit_call(r, structure) for r in records]
     first = next((u for u in units if u is not None), "")
     current = first
     resolved: list[str] = []
@@ -198,7 +206,7 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
     running = 0
     for li, (unit, start, stop) in enumerate(segments):
         recs = records[start:stop]
-        seen_units[unit] += 1
+        seen_units[unit] += 1  # a unit interrupted by another one's ops: number the parts
         name = unit or "(model)"
         if seen_units[unit] > 1:
             name = f"{name}#{seen_units[unit]}"
@@ -211,7 +219,7 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
         layers.append(Layer(
             index=li,
             name=name,
-            signature=structure.signatures.get(unit, ""),
+            signature=structure.signatures.get(unit.partition("#")[0], ""),
             modules=sorted({r.module for r in recs}),
             num_ops=len(recs),
             fwd_flops=sum(r.fwd_flops for r in recs) / batch_size,

@@ -44,7 +44,7 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,11 @@ class Run:
 
 @dataclass
 class ModelStructure:
-    """Units, block containers and repeated runs of one model."""
+    """Units and repeated runs of one model."""
 
     units: list[str]
-    containers: list[str]
     runs: list[Run]
     signatures: dict[str, str]
-    module_types: dict[str, str]
 
     def unit_of(self, module_path: str) -> str | None:
         """The unit a module path belongs to (its deepest ancestor-or-self unit), if any."""
@@ -84,12 +82,14 @@ class ModelStructure:
         self._unit_set = set(self.units)
 
 
-def _block_containers(model: nn.Module) -> list[str]:
-    """The shallowest ModuleList/Sequential modules holding two or more parameterised children."""
+def _block_containers(model: nn.Module, min_children: int) -> list[str]:
+    """The shallowest ModuleList/Sequential modules holding ``min_children`` or more
+    parameterised children (paths relative to ``model``)."""
     found: list[str] = []
 
     def visit(module: nn.Module, path: str) -> None:
-        if isinstance(module, CONTAINERS) and sum(map(_has_params, module.children())) >= 2:
+        if (isinstance(module, CONTAINERS)
+                and sum(map(_has_params, module.children())) >= min_children):
             found.append(path)
             return
         for name, child in module.named_children():
@@ -99,42 +99,72 @@ def _block_containers(model: nn.Module) -> list[str]:
     return found
 
 
+def _holds_block_run(module: nn.Module, cache: dict[int, str]) -> bool:
+    """Whether ``module`` contains a container with two consecutive identical composite blocks.
+
+    That makes it a *stage* (ResNet, Swin) whose blocks should be layers of their own. A
+    transformer block holds only distinct sublayers, or runs of bare linears (an MLP), so it
+    stays one layer.
+    """
+    for sub in module.modules():
+        if sub is module or not isinstance(sub, CONTAINERS):
+            continue
+        blocks = [c for c in sub.children() if _has_params(c) and next(c.children(), None)]
+        signatures = [module_signature(c, cache) for c in blocks]
+        if any(a == b for a, b in zip(signatures, signatures[1:], strict=False)):
+            return True
+    return False
+
+
 def analyse(model: nn.Module) -> ModelStructure:
-    """Units, containers and runs of ``model`` (no tracing: the module tree is enough)."""
-    containers = _block_containers(model)
-    container_set = set(containers)
+    """Units, containers and runs of ``model`` (no tracing: the module tree is enough).
+
+    A model without any container of two or more blocks (ALBERT's one shared layer, called
+    once per depth) falls back to containers of one: each call of that block is then a layer.
+    """
     cache: dict[int, str] = {}
     units: list[str] = []
-
-    def holds_container(path: str) -> bool:
-        return any(c.startswith(path + ".") for c in container_set)
-
     block_lists: list[str] = []
+    min_children = 2 if _block_containers(model, 2) else 1
 
-    def expand(module: nn.Module, path: str) -> None:
-        """Children of a container are units; nested containers are expanded in place."""
-        block_lists.append(path)
-        for name, child in module.named_children():
-            child_path = _join(path, name)
-            if isinstance(child, CONTAINERS):
-                expand(child, child_path)
-            elif _has_params(child):
-                units.append(child_path)
+    def collect(module: nn.Module, path: str) -> None:
+        containers = {_join(path, c) for c in _block_containers(module, min_children)}
 
-    def visit(module: nn.Module, path: str) -> None:
-        for name, child in module.named_children():
-            child_path = _join(path, name)
-            if child_path in container_set:
-                expand(child, child_path)
-            elif holds_container(child_path):
-                visit(child, child_path)
-            elif _has_params(child):
-                units.append(child_path)
+        def expand(container: nn.Module, cpath: str) -> None:
+            """Children of a container are units; nested containers and stages are opened.
 
-    if "" in container_set:
-        expand(model, "")
-    else:
-        visit(model, "")
+            A container of *stages* holds only distinct children (each stage its own width);
+            one that repeats children is a list of blocks, and a block holding identical
+            experts stays one block.
+            """
+            block_lists.append(cpath)
+            blocks = [c for c in container.children() if _has_params(c)]
+            distinct = len({module_signature(c, cache) for c in blocks}) == len(blocks)
+            for name, child in container.named_children():
+                child_path = _join(cpath, name)
+                if isinstance(child, CONTAINERS):
+                    expand(child, child_path)
+                elif _has_params(child) and distinct and _holds_block_run(child, cache):
+                    collect(child, child_path)
+                elif _has_params(child):
+                    units.append(child_path)
+
+        def visit(m: nn.Module, mpath: str) -> None:
+            for name, child in m.named_children():
+                child_path = _join(mpath, name)
+                if child_path in containers:
+                    expand(child, child_path)
+                elif any(c.startswith(child_path + ".") for c in containers):
+                    visit(child, child_path)
+                elif _has_params(child):
+                    units.append(child_path)
+
+        if path in containers:
+            expand(module, path)
+        else:
+            visit(module, path)
+
+    collect(model, "")
     if not units:
         units = [""]
 
@@ -152,8 +182,7 @@ def analyse(model: nn.Module) -> ModelStructure:
                 runs.append(Run(container, int(children[i][0]), j - i, sig))
             i = j
     signatures = {u: module_signature(modules[u], cache) for u in units}
-    module_types = {path: type(m).__name__ for path, m in modules.items()}
-    return ModelStructure(units, containers, runs, signatures, module_types)
+    return ModelStructure(units, runs, signatures)
 
 
 @dataclass(frozen=True)

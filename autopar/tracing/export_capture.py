@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify
 from autopar.tracing.recorder import CostRecorder
-from autopar.tracing.records import OpRecord, clean_module_path
+from autopar.tracing.records import OpRecord, call_number, clean_module_path
 from autopar.tracing.tensors import storage_key, tensor_bytes, tensors_in
 
 _HOP = torch.ops.higher_order
@@ -35,13 +35,16 @@ def _to_cpu(x: Any) -> Any:
     return x
 
 
-def _module_of(node: torch.fx.Node) -> tuple[str, str]:
+def _module_of(node: torch.fx.Node) -> tuple[str, str, dict[str, int]]:
+    """The innermost owning module, its class name, and call numbers of repeated calls."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
-        return "", ""
+        return "", "", {}
+    calls = {clean_module_path(path): call_number(key) for key, (path, _) in stack.items()
+             if call_number(key)}
     path, mtype = list(stack.values())[-1]
     type_name = mtype if isinstance(mtype, str) else getattr(mtype, "__name__", str(mtype))
-    return clean_module_path(path), type_name.rsplit(".", 1)[-1]
+    return clean_module_path(path), type_name.rsplit(".", 1)[-1], calls
 
 
 class _Replay(torch.fx.Interpreter):
@@ -81,7 +84,7 @@ class _Replay(torch.fx.Interpreter):
         return result
 
     def _record(self, n: torch.fx.Node, result: Any) -> OpRecord:
-        module, module_type = _module_of(n)
+        module, module_type, calls = _module_of(n)
         op_class = classify(n.target, module_type)
         outs = tensors_in(result)
         inputs = [a for a in n.all_input_nodes if a.op == "call_function"]
@@ -100,6 +103,7 @@ class _Replay(torch.fx.Interpreter):
             params=[self.param_names[a.name] for a in n.all_input_nodes
                     if a.name in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(n.name, 0),
+            calls=calls,
         )
 
 

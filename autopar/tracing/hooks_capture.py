@@ -11,7 +11,7 @@ give each op its owning module, a dispatch mode logs the ops and their dataflow,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,18 +30,28 @@ from autopar.tracing.tensors import storage_key, tensor_bytes, tensors_in
 
 
 @contextmanager
-def module_stack(model: nn.Module) -> Iterator[list[tuple[str, str]]]:
-    """The (path, type) of the modules currently running, innermost last, while inside."""
+def module_stack(model: nn.Module, on_boundary: Callable[[], None] = lambda: None
+                 ) -> Iterator[list[tuple[str, str, int]]]:
+    """(path, type, call number) of the modules currently running, innermost last.
+
+    The call number counts earlier calls of the same module (0 the first time).
+    ``on_boundary`` runs whenever a module of ``model`` starts or ends.
+    """
     paths = {id(m): (p, type(m).__name__) for p, m in model.named_modules()}
-    stack: list[tuple[str, str]] = []
+    stack: list[tuple[str, str, int]] = []
+    calls: dict[int, int] = defaultdict(int)
 
     def enter(module: nn.Module, args: Any) -> None:
         if id(module) in paths:
-            stack.append(paths[id(module)])
+            on_boundary()
+            stack.append((*paths[id(module)], calls[id(module)]))
+            calls[id(module)] += 1
 
     def leave(module: nn.Module, args: Any, output: Any) -> None:
-        if id(module) in paths and stack and stack[-1] == paths[id(module)]:
-            stack.pop()
+        if id(module) in paths:
+            on_boundary()
+            if stack and stack[-1][:2] == paths[id(module)]:
+                stack.pop()
 
     pre = nn.modules.module.register_module_forward_pre_hook(enter)
     post = nn.modules.module.register_module_forward_hook(leave)
@@ -56,38 +66,42 @@ class _OpLogger(TorchDispatchMode):
     """Makes one ``OpRecord`` per dispatched ATen op, with dataflow by tensor identity."""
 
     def __init__(self, recorder: CostRecorder, routing: ExpectedRouting,
-                 stack: list[tuple[str, str]], param_names: dict[int, str]) -> None:
+                 param_names: dict[int, str]) -> None:
         super().__init__()
         self.recorder = recorder
         self.routing = routing
-        self.stack = stack
+        self.stack: list[tuple[str, str, int]] = []
         self.param_names = param_names
         self.records: list[OpRecord] = []
         self._producer: dict[int, str] = {}
         self._alive: list[torch.Tensor] = []
         self._counts: dict[str, int] = defaultdict(int)
-        self._pending: tuple[str, Any] | None = None
+        self._pending: list[tuple[str, Any]] = []
         self.current_op = ""
         """The op being dispatched: if the model fails, the op it failed in."""
 
     def flush(self) -> None:
-        """Claim the autograd nodes of the last op (attached by autograd after dispatch)."""
-        if self._pending is not None:
-            self.recorder.claim_grad_fns(self._pending[1], self._pending[0])
-            self._pending = None
+        """Claim the autograd nodes of the ops logged so far, in execution order.
+
+        Autograd attaches ``grad_fn`` only after dispatch returns, so claiming waits for the next
+        module boundary (or the end), outside any dispatch: reading ``grad_fn`` of a view whose
+        base was written in place regenerates it, which must not happen mid-dispatch.
+        """
+        pending, self._pending = self._pending, []
+        for name, out in pending:
+            self.recorder.claim_grad_fns(out, name)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:
             return func(*args, **kwargs)
-        self.flush()
         base = op_name(func)
         name = f"{base}_{self._counts[base]}" if self._counts[base] else base
         self._counts[base] += 1
         self.recorder.owner = name
         self.current_op = str(func)
         out = func(*args, **kwargs)
-        module, module_type = self.stack[-1] if self.stack else ("", "")
+        module, module_type, _ = self.stack[-1] if self.stack else ("", "", 0)
         op_class = classify(func, module_type)
         ins = tensors_in(args) + tensors_in(kwargs)
         outs = tensors_in(out)
@@ -106,8 +120,9 @@ class _OpLogger(TorchDispatchMode):
             params=[self.param_names[id(t)] for t in ins if id(t) in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(name, 0),
             routed=any(self.routing.is_routed(t) for t in outs),
+            calls={path: call for path, _, call in self.stack if call},
         ))
-        self._pending = (name, out)
+        self._pending.append((name, out))
         return out
 
 
@@ -128,9 +143,9 @@ def capture_with_hooks(model: nn.Module, args: tuple[Any, ...],
                                kwargs)
         recorder = CostRecorder(param_storages=[storage_key(p) for p in params.values()])
         param_names = {id(p): n for n, p in params.items()}
-        with module_stack(model) as stack:
-            routing = ExpectedRouting()
-            logger = _OpLogger(recorder, routing, stack, param_names)
+        routing = ExpectedRouting()
+        logger = _OpLogger(recorder, routing, param_names)
+        with module_stack(model, on_boundary=logger.flush) as logger.stack:
             try:
                 with recorder.forward(), routing, logger:
                     outputs = torch.func.functional_call(

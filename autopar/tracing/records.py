@@ -11,12 +11,18 @@ import torch
 from autopar.tracing.op_classes import OpClass
 from autopar.tracing.tensors import moved_bytes, tensor_bytes
 
-_CALL_SUFFIX = re.compile(r"@\d+")
+_CALL_SUFFIX = re.compile(r"@(\d+)$")
 
 
 def clean_module_path(path: str) -> str:
-    """Strip export's ``@N`` call-count suffixes so every call maps to the module's own path."""
+    """Strip export's ``@N`` call-count suffix so every call maps to the module's own path."""
     return _CALL_SUFFIX.sub("", path)
+
+
+def call_number(key: str) -> int:
+    """Export names the N-th extra call of a module ``<key>@N``; the first call is 0."""
+    match = _CALL_SUFFIX.search(key)
+    return int(match.group(1)) if match else 0
 
 
 @dataclass
@@ -46,6 +52,9 @@ class OpRecord:
     bytes_written: int = 0
     bwd_bytes: int = 0
     saved_bytes: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+    """Which call of each module on the op's stack this is, for modules run more than once
+    (a shared layer applied at every depth); first calls are left out."""
     routed: bool = False
     """Works on the tokens routed to one expert (mixture-of-experts), not on every token."""
 
