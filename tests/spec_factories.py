@@ -76,3 +76,22 @@ class _Opaque(nn.Module):
 def export_fails() -> tuple[nn.Module, torch.Tensor]:
     with torch.device("meta"):
         return _Opaque(), torch.zeros(2, 8)
+
+
+def no_params() -> tuple[nn.Module, torch.Tensor]:
+    """Nothing to parallelise: a model without parameters."""
+    return nn.ReLU(), torch.zeros(2, 8)
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        return y if y.sum() > 0 else -y  # branches on a value: untraceable without data
+
+
+def untraceable() -> tuple[nn.Module, torch.Tensor]:
+    return nn.Sequential(nn.Linear(8, 8), _Branchy()), torch.zeros(2, 8)

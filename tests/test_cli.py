@@ -124,6 +124,8 @@ def test_trace_fallback_warning_is_one_line(capsys: pytest.CaptureFixture[str]) 
     (["--model", f"{FACTORIES}:raises"], ["RuntimeError", "checkpoint not found"]),
     (["--model", f"{FACTORIES}:model_only"], ["only the model"]),
     (["--model", f"{FACTORIES}:shape_mismatch"], ["rejected the example inputs"]),
+    (["--model", f"{FACTORIES}:no_params"], ["no parameters"]),
+    (["--model", f"{FACTORIES}:untraceable"], ["cannot trace module '1'", "_Branchy"]),
     (["--model", MLP, "--seq-len", "16"], ["seq_len", "--seq-len"]),
 ])
 def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
