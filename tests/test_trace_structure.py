@@ -314,3 +314,44 @@ def test_models_with_other_inputs(architecture: str) -> None:
         names = [layer.name for layer in graph.layers]
         assert [n for n in names if n.startswith("resnet.encoder.stages.0.")] == [
             f"resnet.encoder.stages.0.layers.{i}" for i in range(3)]
+
+
+def _moe_config(architecture: str):  # type: ignore[no-untyped-def]
+    import transformers as T
+
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=300, max_position_embeddings=128)
+    return {
+        "Qwen3MoeForCausalLM": lambda: T.Qwen3MoeConfig(
+            **small, intermediate_size=128, num_experts=8, num_experts_per_tok=2,
+            moe_intermediate_size=64, head_dim=16),
+        "OlmoeForCausalLM": lambda: T.OlmoeConfig(**small, intermediate_size=64, num_experts=8,
+                                                  num_experts_per_tok=2),
+        "GptOssForCausalLM": lambda: T.GptOssConfig(
+            **small, intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
+            head_dim=16, layer_types=["full_attention"] * 2),
+    }[architecture]()
+
+
+@pytest.mark.parametrize("architecture", ["Qwen3MoeForCausalLM", "OlmoeForCausalLM",
+                                          "GptOssForCausalLM"])
+def test_hf_moe_families_cost_experts_at_expected_load(architecture: str) -> None:
+    """Per token, a MoE layer does ~2 FLOPs per *active* parameter (plus a little attention):
+    experts costed for every token would give ~E/k times that, experts costed for none less."""
+    import transformers as T
+
+    config = _moe_config(architecture)
+    config.use_cache = False
+    with torch.device("meta"):
+        model = getattr(T, architecture)(config)
+    seq = 32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", autopar.TraceFallbackWarning)
+        graph = _trace_lm(model, batch=1, seq=seq)
+    moe = [layer for layer in graph.layers if _patterns(layer, "experts")]
+    assert len(moe) == 2
+    for layer in moe:
+        (pattern,) = _patterns(layer, "experts")
+        assert (pattern.size, pattern.top_k) == (8, 2)
+        assert layer.active_params < layer.params
+        assert 1.0 <= layer.fwd_flops / (2 * seq * layer.active_params) <= 1.2
