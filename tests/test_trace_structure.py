@@ -330,11 +330,16 @@ def _moe_config(architecture: str):  # type: ignore[no-untyped-def]
         "GptOssForCausalLM": lambda: T.GptOssConfig(
             **small, intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
             head_dim=16, layer_types=["full_attention"] * 2),
+        "DeepseekV3ForCausalLM": lambda: T.DeepseekV3Config(  # group-limited routing, MLA
+            **{**small, "num_key_value_heads": 4}, intermediate_size=128, n_routed_experts=8,
+            num_experts_per_tok=2, moe_intermediate_size=64, first_k_dense_replace=0,
+            kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=16, n_group=2, topk_group=1),
     }[architecture]()
 
 
 @pytest.mark.parametrize("architecture", ["Qwen3MoeForCausalLM", "OlmoeForCausalLM",
-                                          "GptOssForCausalLM"])
+                                          "GptOssForCausalLM", "DeepseekV3ForCausalLM"])
 def test_hf_moe_families_cost_experts_at_expected_load(architecture: str) -> None:
     """Per token, a MoE layer does ~2 FLOPs per *active* parameter (plus a little attention):
     experts costed for every token would give ~E/k times that, experts costed for none less."""

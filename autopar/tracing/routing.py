@@ -12,8 +12,8 @@ arithmetic, masks, ``nonzero``, ``.item()``) is also run for real on the shadows
 small integer tensors; data-dependent shapes then come out at their expected sizes and Python
 branches on expert ids take the branch real routing would.
 
-Strict subsets gathered with shadowed indices (the tokens an expert receives, an expert's slice
-of a stacked weight) are marked *routed*, which lets the layer report active parameters.
+Rows gathered with shadowed indices (the tokens an expert receives, an expert's slice of a
+stacked weight) are marked *routed*, which lets the layer report active parameters.
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ def balanced_choices(shape: tuple[int, ...], num_experts: int) -> torch.Tensor:
     tokens = max(1, math.prod(shape) // max(k, 1))
     ids = (torch.arange(tokens)[:, None] * k + torch.arange(k)[None, :]) % num_experts
     return ids.reshape(shape)
+
+
+def _fewer_rows(out: torch.Tensor, source: torch.Tensor) -> bool:
+    """A gather by routing indices that keeps a strict subset of rows: one expert's tokens, or
+    one expert's slice of a stacked weight. Not routing: a full permutation of the tokens, or
+    picking each token's top-k scores along the expert dimension."""
+    if out.dim() < source.dim():
+        return True
+    return out.dim() > 0 and source.dim() > 0 and out.shape[0] < source.shape[0]
 
 
 @contextmanager
@@ -131,9 +140,7 @@ class ExpectedRouting(TorchDispatchMode):
                 self._shadow.pop(id(t), None)  # mutated with unknown values
         elif any(id(t) in self._routed for t in tensors) or (
                 name in _GATHER and any(id(t) in self._shadow for t in tensors)
-                and outs and outs[0].numel() < tensors[0].numel()):
-            # A gather by routing indices that keeps a strict subset: one expert's tokens or
-            # one expert's slice of a stacked weight (a full permutation is not routing).
+                and outs and _fewer_rows(outs[0], tensors[0])):
             for o in outs:
                 self._routed.add(id(o))
                 self._keep(o)

@@ -112,7 +112,7 @@ def _experts(records: list[OpRecord]) -> list[TPPattern]:
                                                                   r.target)]
     if not routers or not experts:
         return []
-    router = routers[0]
+    router = max(routers, key=lambda r: r.arg_shapes[0][-1])  # the widest: over all experts
     module = experts[0].module
     for r in experts[1:]:
         while module and not (r.module == module or r.module.startswith(module + ".")):
