@@ -22,6 +22,26 @@ def _lm_case(name: str) -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:
     return models.hf_model(name, device="cpu"), (ids,), {"labels": ids}
 
 
+def _padded_llama() -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:
+    """A padding mask from the user: the attention mask is real data and must be kept."""
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[0, -5:] = 0
+    return models.hf_model("llama", device="cpu"), (ids,), {"labels": ids,
+                                                             "attention_mask": mask}
+
+
+def _sliding_window_mistral() -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:
+    """A window shorter than the sequence: a constant mask that is not causal, so it stays."""
+    import transformers as T
+
+    config = T.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                             sliding_window=8, use_cache=False)
+    ids = _ids()
+    return T.MistralForCausalLM(config), (ids,), {"labels": ids}
+
+
 CASES = {
     "mlp": lambda: (models.mlp(), (torch.randn(4, 32),), {}),
     "cnn": lambda: (models.SmallCNN(), (torch.randn(2, 3, 16, 16),), {}),
@@ -30,6 +50,8 @@ CASES = {
     "gpt2": lambda: _lm_case("gpt2"),
     "llama": lambda: _lm_case("llama"),
     "bert": lambda: _lm_case("bert"),
+    "llama_padded": _padded_llama,
+    "mistral_window": _sliding_window_mistral,
 }
 
 

@@ -18,6 +18,7 @@ import torch.fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from autopar.tracing.export_passes import eager_causal_attention
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify
 from autopar.tracing.recorder import CostRecorder
@@ -121,6 +122,7 @@ def capture_with_export(model: nn.Module, args: tuple[Any, ...],
     # failure itself (and falls back), so keep that dump away from the user.
     with contextlib.redirect_stderr(io.StringIO()):
         ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
+    eager_causal_attention(ep.graph_module)
     sig = ep.graph_signature
     param_names = dict(sig.inputs_to_parameters)
     trainable = {n for n, fqn in param_names.items()
