@@ -256,4 +256,5 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
         active_params=sum(layer.active_params for layer in layers),
         capture=capture, signature=signature, model_name=type(model).__name__,
+        param_shapes=param_shapes,
     )

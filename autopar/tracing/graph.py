@@ -87,7 +87,8 @@ class ModelGraph:
     def __init__(self, graph: nx.DiGraph, layers: list[Layer], *, batch_size: int,
                  input_shapes: list[tuple[int, ...]], total_params: int, param_bytes: int,
                  trainable_params: int, active_params: int, capture: str,
-                 signature: str, model_name: str) -> None:
+                 signature: str, model_name: str,
+                 param_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self.graph = graph
         self.layers = layers
         self.batch_size = batch_size
@@ -99,6 +100,8 @@ class ModelGraph:
         self.capture = capture
         self.signature = signature
         self.model_name = model_name
+        self.param_shapes = param_shapes or {}
+        """Shape of every parameter by canonical name (tied weights once)."""
 
     @property
     def fwd_flops(self) -> float:

@@ -1,0 +1,105 @@
+"""Condense a ``ModelGraph`` into per-layer ``LayerProfile``s, once, for the cost models.
+
+Decides for each op whether tensor parallelism splits it: ops inside a layer's TP regions are
+split (the module covering a column->row pair, an attention module, a vocabulary-parallel
+embedding or head and the loss computed on its logits). The rest is replicated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from autopar.tracing.graph import Layer, ModelGraph
+from cost_models.layers import LayerProfile, OpCost
+
+
+def _common_module(paths: tuple[str, ...]) -> str:
+    parts = [p.split(".") for p in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _regions(layer: Layer) -> tuple[list[str], bool]:
+    """Module paths tensor parallelism splits in this layer, and whether it holds the head."""
+    regions: list[str] = []
+    head = False
+    for p in layer.tp_patterns:
+        if p.kind == "column_row":
+            regions.append(_common_module(p.modules))
+        elif p.kind in ("attention", "vocab_embedding", "experts"):
+            regions.append(p.modules[0])
+        elif p.kind == "vocab_head":
+            head = True
+            regions.append(p.modules[0])
+    return regions, head
+
+
+def _inside(module: str, regions: list[str]) -> bool:
+    return any(module == r or module.startswith(r + ".") for r in regions if r)
+
+
+def _tensor_bytes(shape: tuple[int, ...], dtype: str) -> float:
+    itemsize = torch.empty((), dtype=getattr(torch, dtype or "float32")).element_size()
+    return float(math.prod(shape) * itemsize)
+
+
+def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
+    """One profile per layer of ``graph``; figures per sample."""
+    nodes_of: list[list[dict]] = [[] for _ in graph.layers]
+    for _, data in graph.graph.nodes(data=True):
+        nodes_of[data["layer"]].append(data)
+    owner: dict[str, int] = {}
+    for i, nodes in enumerate(nodes_of):
+        for data in nodes:
+            for p in data["params"]:
+                owner.setdefault(p, i)
+    batch = graph.batch_size
+    profiles = []
+    for layer, nodes in zip(graph.layers, nodes_of, strict=True):
+        regions, head = _regions(layer)
+        ops = []
+        sharded_params: set[str] = set()
+        for data in nodes:
+            sharded = _inside(data["module"], regions) or (
+                head and data["op_class"] not in ("normalisation",))
+            if sharded:
+                sharded_params.update(data["params"])
+            ops.append(OpCost(
+                op_class=data["op_class"],
+                fwd_flops=data["fwd_flops"] / batch,
+                bwd_flops=(data["bwd_flops"] + data["recompute_flops"]) / batch,
+                fwd_bytes=(data["bytes_read"] + data["bytes_written"]) / batch,
+                bwd_bytes=data["bwd_bytes"] / batch,
+                saved_bytes=data["saved_bytes"] / batch,
+                sharded=sharded,
+            ))
+        allreduce = 0.0
+        for p in layer.tp_patterns:
+            if p.kind in ("column_row", "vocab_embedding"):
+                out = [d for d in nodes if d["module"] == p.modules[-1]
+                       and d["op_class"] in ("matmul", "embedding")]
+                if out:
+                    allreduce += _tensor_bytes(out[-1]["shape"], out[-1]["dtype"]) / batch
+        mine = [p for p, i in owner.items() if i == layer.index]
+        numel = {p: math.prod(graph.param_shapes.get(p, (0,))) for p in mine}
+        attention = [p for p in layer.tp_patterns if p.kind == "attention"]
+        vocab = max((p.size for p in layer.tp_patterns if p.kind.startswith("vocab")), default=0)
+        profiles.append(LayerProfile(
+            ops=tuple(ops),
+            tp_allreduce_bytes=allreduce,
+            params_sharded=sum(n for p, n in numel.items() if p in sharded_params),
+            params_replicated=sum(n for p, n in numel.items() if p not in sharded_params),
+            param_bytes=layer.param_bytes,
+            boundary_bytes=layer.boundary_bytes,
+            max_heads=max((p.size for p in attention), default=0),
+            kv_heads=max((p.kv_heads for p in attention), default=0),
+            vocab=vocab,
+            attention_fwd_flops=sum(o.fwd_flops for o in ops if o.op_class == "attention"),
+        ))
+    return profiles

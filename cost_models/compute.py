@@ -1,0 +1,43 @@
+"""Compute time of ops and layers on one device: a roofline with size-dependent efficiency.
+
+An op takes the longer of its arithmetic time (FLOPs at the device's peak for the dtype, scaled
+by the efficiency a GEMM of that size reaches) and its memory time (bytes moved at the achievable
+share of memory bandwidth), plus a kernel launch. Views cost nothing. Fused attention is one
+kernel, costed on its FLOPs at ``ATTENTION_EFFICIENCY`` of the GEMM curve: flash-attention
+kernels reach less of peak than a plain GEMM of the same size. FlashAttention-2 (Dao, 2023,
+abstract) reaches "50-73% of the theoretical maximum FLOPs/s on A100", against roughly 80% for
+large cuBLAS GEMMs, so about 0.7 of the GEMM figure.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+ATTENTION_EFFICIENCY = 0.7
+"""Fused attention's efficiency relative to a GEMM of the same FLOPs (see module docstring)."""
+
+
+class Device(Protocol):
+    """What the compute model needs of a device profile."""
+
+    memory_bandwidth: float
+    memory_efficiency: float
+    kernel_launch_overhead_s: float
+
+    def peak(self, dtype: str) -> float: ...
+
+    def matmul_efficiency_at(self, flops: float) -> float: ...
+
+
+def op_time(op_class: str, flops: float, bytes_moved: float, device: Device, dtype: str) -> float:
+    """Seconds one op takes: roofline of its FLOPs and bytes, plus a kernel launch."""
+    if op_class == "view" or (flops <= 0 and bytes_moved <= 0):
+        return 0.0
+    arithmetic = 0.0
+    if flops > 0:
+        efficiency = device.matmul_efficiency_at(flops)
+        if op_class == "attention":
+            efficiency *= ATTENTION_EFFICIENCY
+        arithmetic = flops / (device.peak(dtype) * efficiency)
+    memory = bytes_moved / (device.memory_bandwidth * device.memory_efficiency)
+    return max(arithmetic, memory) + device.kernel_launch_overhead_s

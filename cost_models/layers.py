@@ -1,0 +1,74 @@
+"""What one traced layer costs one device under tensor, sequence and context parallelism.
+
+The traced graph says, op by op, what a layer computes for one sample. Tensor parallelism
+splits the ops inside the layer's TP regions (the modules its tensor-parallel patterns cover:
+attention, MLP, vocabulary-parallel embedding and head) across ``tp`` ranks. Everything else
+(norms, residual adds, dropout) is replicated, unless sequence parallelism splits it along the
+sequence. Context parallelism splits every op along the sequence. Each column->row pair costs
+one all-reduce of its output in the forward pass and one of its input gradient in the
+backward pass (Megatron-LM's f/g operators), or the same volume as reduce-scatter plus
+all-gather under sequence parallelism.
+
+``LayerProfile`` collects, once per traced layer, the per-sample figures each configuration
+needs, so that costing a configuration never walks the graph again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cost_models.compute import Device, op_time
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One op of a layer, per sample: what the roofline needs."""
+
+    op_class: str
+    fwd_flops: float
+    bwd_flops: float
+    fwd_bytes: float
+    bwd_bytes: float
+    saved_bytes: float
+    sharded: bool
+    """Inside a tensor-parallel region: split across ``tp`` ranks."""
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """Per-sample costs of one layer, split into what tensor parallelism divides and what not."""
+
+    ops: tuple[OpCost, ...]
+    tp_allreduce_bytes: float
+    """Bytes per sample all-reduced across TP ranks in the forward pass (the same again in the
+    backward pass)."""
+    params_sharded: int
+    params_replicated: int
+    param_bytes: int
+    boundary_bytes: float
+    max_heads: int = 0
+    """Attention heads (the tp degree must divide them); 0 for layers without attention."""
+    kv_heads: int = 0
+    vocab: int = 0
+    attention_fwd_flops: float = field(default=0.0)
+
+    def saved_bytes(self, tp: int, sequence_parallel: bool) -> float:
+        """Activation bytes per sample one TP rank keeps for backward."""
+        return sum(op.saved_bytes / (tp if op.sharded or sequence_parallel else 1)
+                   for op in self.ops)
+
+
+def layer_time(profile: LayerProfile, samples: float, device: Device, dtype: str, *, tp: int,
+               sequence_parallel: bool, cp: int) -> tuple[float, float, float]:
+    """(forward, backward, attention forward) seconds of one micro-batch of ``samples``."""
+    forward = backward = attention = 0.0
+    for op in profile.ops:
+        split = cp * (tp if op.sharded or sequence_parallel else 1)
+        scale = samples / split
+        f = op_time(op.op_class, op.fwd_flops * scale, op.fwd_bytes * scale, device, dtype)
+        forward += f
+        backward += op_time(op.op_class, op.bwd_flops * scale, op.bwd_bytes * scale, device,
+                            dtype)
+        if op.op_class == "attention":
+            attention += f
+    return forward, backward, attention
