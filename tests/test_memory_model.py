@@ -61,7 +61,8 @@ def test_activation_memory_matches_what_autograd_saves_on_cpu() -> None:
 
 
 def test_tensor_parallelism_splits_only_what_it_shards() -> None:
-    graph = autopar.trace(models.hf_model("llama", hidden=128), torch.zeros(2, 32, dtype=torch.long))
+    ids = torch.zeros(2, 32, dtype=torch.long)
+    graph = autopar.trace(models.hf_model("llama", hidden=128), ids)
     block = layer_profiles(graph)[1]
     full = block.saved_bytes(tp=1, sequence_parallel=False)
     split = block.saved_bytes(tp=4, sequence_parallel=False)
