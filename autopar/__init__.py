@@ -1,22 +1,31 @@
 """autopar: automatic parallelization planner for PyTorch training.
 
 ``autopar.trace(model, example_inputs)`` captures a model's training step as a costed
-``ModelGraph``; planning, estimation and execution build on it.
+``ModelGraph``; ``autopar.estimate(graph, cluster, config, global_batch_size=...)`` predicts a
+parallel configuration's step time and memory on a ``Cluster``.
 """
 
+from autopar.cluster import Cluster  # noqa: I001 - after tracing: registers the profiles package
+from autopar.config import ConfigError, ParallelConfig
 from autopar.errors import AutoparError, InputError, SpecError, TraceError
+from autopar.estimate import Estimate, estimate
 from autopar.tracing import Layer, ModelGraph, TPPattern, TraceFallbackWarning, trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoparError",
+    "Cluster",
+    "ConfigError",
+    "Estimate",
     "InputError",
     "Layer",
     "ModelGraph",
+    "ParallelConfig",
     "SpecError",
     "TPPattern",
     "TraceError",
     "TraceFallbackWarning",
+    "estimate",
     "trace",
 ]

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from autopar import Layer, ModelGraph, TraceFallbackWarning, __version__, trace
+from autopar import Layer, ModelGraph, TraceFallbackWarning, __version__, cli_estimate, trace
 from autopar.errors import AutoparError
 from autopar.spec import LoadedModel, load_spec
 from autopar.table import render
@@ -44,20 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="trace a model and show its layers and costs",
         description="Trace one training step of a model (on the meta device: nothing is "
                     "allocated) and print its pipeline layers with per-sample costs.")
-    inspect.add_argument(
-        "--model", required=True, metavar="SPEC",
-        help="path/to/file.py:FUNCTION, package.module:FUNCTION or a Hugging Face "
-             "config.json; FUNCTION returns (model, example_inputs[, example_kwargs])")
-    inspect.add_argument("--batch", type=_positive_int, default=None, metavar="N",
-                         help="samples in the traced batch (default: the factory's own; 1 for "
-                              "config.json)")
-    inspect.add_argument("--seq-len", type=_positive_int, default=None, metavar="S",
-                         help="sequence length (default for config.json: the model's maximum "
-                              "positions, at most 2048)")
+    _model_args(inspect)
     inspect.add_argument("--json", action="store_true",
                          help="print the summary and every layer as JSON instead of a table")
     inspect.set_defaults(run=_inspect)
+    cli_estimate.add_parser(commands, _model_args, _positive_int, _estimate)
     return parser
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments that say which model to load and at which batch and sequence."""
+    parser.add_argument(
+        "--model", required=True, metavar="SPEC",
+        help="path/to/file.py:FUNCTION, package.module:FUNCTION or a Hugging Face "
+             "config.json; FUNCTION returns (model, example_inputs[, example_kwargs])")
+    parser.add_argument("--batch", type=_positive_int, default=None, metavar="N",
+                        help="samples in the traced batch (default: the factory's own; 1 for "
+                             "config.json)")
+    parser.add_argument("--seq-len", type=_positive_int, default=None, metavar="S",
+                        help="sequence length (default for config.json: the model's maximum "
+                             "positions, at most 2048)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +121,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2))
     else:
         print(inspect_report(graph, loaded.name))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    _, graph = _load_and_trace(args)
+    print(cli_estimate.report(cli_estimate.run_estimate(args, graph), args.json))
     return 0
 
 

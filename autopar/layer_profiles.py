@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from autopar.cost_models.layers import LayerProfile, OpCost
 from autopar.tracing.graph import Layer, ModelGraph
-from cost_models.layers import LayerProfile, OpCost
 
 
 def _common_module(paths: tuple[str, ...]) -> str:
@@ -60,12 +60,19 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
             for p in data["params"]:
                 owner.setdefault(p, i)
     batch = graph.batch_size
+    seq = graph.input_shapes[0][1] if graph.input_shapes and len(graph.input_shapes[0]) > 1 else 0
     profiles = []
-    for layer, nodes in zip(graph.layers, nodes_of, strict=True):
+    scores = {name for name, data in graph.graph.nodes(data=True)
+              if seq > 1 and tuple(data["shape"][-2:]) == (seq, seq)}
+    core = scores | {v for u in scores for v in graph.graph.successors(u)}
+    names_of: list[list[str]] = [[] for _ in graph.layers]
+    for name, data in graph.graph.nodes(data=True):
+        names_of[data["layer"]].append(name)
+    for layer, nodes, names in zip(graph.layers, nodes_of, names_of, strict=True):
         regions, head = _regions(layer)
         ops = []
         sharded_params: set[str] = set()
-        for data in nodes:
+        for name, data in zip(names, nodes, strict=True):
             sharded = _inside(data["module"], regions) or (
                 head and data["op_class"] not in ("normalisation",))
             if sharded:
@@ -77,7 +84,9 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
                 fwd_bytes=(data["bytes_read"] + data["bytes_written"]) / batch,
                 bwd_bytes=data["bwd_bytes"] / batch,
                 saved_bytes=data["saved_bytes"] / batch,
+                score_bytes=data["saved_score_bytes"] / batch,
                 sharded=sharded,
+                attention_core=data["op_class"] == "attention" or name in core,
             ))
         allreduce = 0.0
         for p in layer.tp_patterns:
@@ -100,6 +109,5 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
             max_heads=max((p.size for p in attention), default=0),
             kv_heads=max((p.kv_heads for p in attention), default=0),
             vocab=vocab,
-            attention_fwd_flops=sum(o.fwd_flops for o in ops if o.op_class == "attention"),
         ))
     return profiles

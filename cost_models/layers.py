@@ -15,9 +15,9 @@ needs, so that costing a configuration never walks the graph again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cost_models.compute import Device, op_time
+from autopar.cost_models.compute import Device, op_time
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,12 @@ class OpCost:
     saved_bytes: float
     sharded: bool
     """Inside a tensor-parallel region: split across ``tp`` ranks."""
+    score_bytes: float = 0.0
+    """Part of ``saved_bytes`` that is attention scores: what selective recomputation drops."""
+    attention_core: bool = False
+    """Part of the attention core (a fused attention kernel, or the ops making or using the
+    seq x seq scores of an unfused one): what selective recomputation runs again
+    (Korthikanti et al., 2022)."""
 
 
 @dataclass(frozen=True)
@@ -50,17 +56,19 @@ class LayerProfile:
     """Attention heads (the tp degree must divide them); 0 for layers without attention."""
     kv_heads: int = 0
     vocab: int = 0
-    attention_fwd_flops: float = field(default=0.0)
 
-    def saved_bytes(self, tp: int, sequence_parallel: bool) -> float:
-        """Activation bytes per sample one TP rank keeps for backward."""
-        return sum(op.saved_bytes / (tp if op.sharded or sequence_parallel else 1)
-                   for op in self.ops)
+    def saved_bytes(self, tp: int, sequence_parallel: bool, *, selective: bool = False) -> float:
+        """Activation bytes per sample one TP rank keeps for backward; ``selective`` drops the
+        attention core's (it is recomputed)."""
+        return sum((op.saved_bytes - (op.score_bytes if selective else 0.0))
+                   / (tp if op.sharded or sequence_parallel else 1) for op in self.ops)
 
 
 def layer_time(profile: LayerProfile, samples: float, device: Device, dtype: str, *, tp: int,
                sequence_parallel: bool, cp: int) -> tuple[float, float, float]:
-    """(forward, backward, attention forward) seconds of one micro-batch of ``samples``."""
+    """(forward, backward, attention-core forward) seconds of one micro-batch of ``samples``.
+
+    The third is what selective recomputation adds to the backward pass."""
     forward = backward = attention = 0.0
     for op in profile.ops:
         split = cp * (tp if op.sharded or sequence_parallel else 1)
@@ -69,6 +77,6 @@ def layer_time(profile: LayerProfile, samples: float, device: Device, dtype: str
         forward += f
         backward += op_time(op.op_class, op.bwd_flops * scale, op.bwd_bytes * scale, device,
                             dtype)
-        if op.op_class == "attention":
+        if op.attention_core:
             attention += f
     return forward, backward, attention

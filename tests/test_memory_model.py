@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from autopar.cost_models.memory import model_state_bytes, state_bytes_per_param
 
 import autopar
 from autopar.config import ConfigError, ParallelConfig
 from autopar.layer_profiles import layer_profiles
-from cost_models.memory import model_state_bytes, state_bytes_per_param
 from tests import models
 from tests.reference import real_saved_bytes
 

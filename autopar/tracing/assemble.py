@@ -242,7 +242,8 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
                        layer=layer_of[r.name], fwd_flops=r.fwd_flops, bwd_flops=r.bwd_flops,
                        recompute_flops=r.recompute_flops,
                        bytes_read=r.bytes_read, bytes_written=r.bytes_written,
-                       bwd_bytes=r.bwd_bytes, saved_bytes=r.saved_bytes, shape=r.shape,
+                       bwd_bytes=r.bwd_bytes, saved_bytes=r.saved_bytes,
+                       saved_score_bytes=r.saved_score_bytes, shape=r.shape,
                        dtype=r.dtype, params=tuple(r.params))
     for r in records:
         for i in r.inputs:

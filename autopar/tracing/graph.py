@@ -78,7 +78,8 @@ class ModelGraph:
 
     ``graph`` is a ``networkx.DiGraph`` of ATen ops in execution order. Node attributes:
     ``op``, ``module``, ``op_class``, ``layer``, ``fwd_flops``, ``bwd_flops``,
-    ``recompute_flops``, ``bytes_read``,
+    ``recompute_flops``, ``saved_score_bytes`` (attention scores among the saved bytes),
+    ``bytes_read``,
     ``bytes_written``, ``bwd_bytes``, ``saved_bytes``, ``shape``, ``dtype``, ``params``.
     Edges carry ``bytes``. Node costs are for the traced batch (``batch_size`` samples);
     ``layers`` give the same costs per sample.

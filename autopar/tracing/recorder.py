@@ -113,6 +113,7 @@ class CostRecorder(TorchDispatchMode):
         self.recompute_flops: dict[Hashable, int] = defaultdict(int)
         self.bwd_bytes: dict[Hashable, int] = defaultdict(int)
         self.saved_bytes: dict[Hashable, int] = defaultdict(int)
+        self.saved_score_bytes: dict[Hashable, int] = defaultdict(int)
         self._saved_storages: set[int] = set()
         self._param_storages = set(param_storages)
         self._claimed: set[torch.autograd.graph.Node] = set()
@@ -140,7 +141,12 @@ class CostRecorder(TorchDispatchMode):
         key = storage_key(t)
         if key not in self._param_storages and key not in self._saved_storages:
             self._saved_storages.add(key)
-            self.saved_bytes[self.owner] += t.untyped_storage().nbytes()
+            nbytes = t.untyped_storage().nbytes()
+            self.saved_bytes[self.owner] += nbytes
+            if t.dim() >= 3 and t.shape[-1] == t.shape[-2] > 1:
+                # [batch, heads, seq, seq] (or bmm's [batch*heads, seq, seq] view of it):
+                # attention scores or probabilities, what selective recomputation drops.
+                self.saved_score_bytes[self.owner] += nbytes
         return t
 
     # -- backward attribution ----------------------------------------------------------------
@@ -183,6 +189,7 @@ class CostRecorder(TorchDispatchMode):
             r.recompute_flops = self.recompute_flops.get(r.name, 0)
             r.bwd_bytes = self.bwd_bytes.get(r.name, 0)
             r.saved_bytes = self.saved_bytes.get(r.name, 0)
+            r.saved_score_bytes = self.saved_score_bytes.get(r.name, 0)
 
     def run_backward(self, outputs: Any) -> None:
         """Backpropagate from the training loss, attributing each backward op to its owner.

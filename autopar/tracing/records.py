@@ -52,6 +52,8 @@ class OpRecord:
     bytes_written: int = 0
     bwd_bytes: int = 0
     saved_bytes: int = 0
+    saved_score_bytes: int = 0
+    """Part of ``saved_bytes`` that is attention scores ([..., seq, seq] tensors)."""
     calls: dict[str, int] = field(default_factory=dict)
     """Which call of each module on the op's stack this is, for modules run more than once
     (a shared layer applied at every depth); first calls are left out."""

@@ -1,0 +1,286 @@
+"""``autopar.estimate``: predicted step time and memory of one configuration on one cluster.
+
+Ranks are laid out as Megatron-LM does: tensor parallelism innermost (adjacent devices of one
+node), then context, data and pipeline parallelism outermost, so each pipeline stage occupies a
+contiguous block of devices. The step is:
+
+- each pipeline stage's forward and backward per micro-batch (compute of its layers under
+  tp/sp/cp, recomputation, exposed tensor-parallel collectives), sent through the pipeline
+  schedule (bubble and send/recv included);
+- then the data-parallel gradient synchronisation, minus what overlaps with the last
+  micro-batch's backward (DDP/FSDP bucketing), and the optimizer update.
+
+The same functions serve ``estimate()``, the solver and the reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from autopar.cluster import Cluster, NodeGroup
+from autopar.config import ConfigError, ParallelConfig
+from autopar.cost_models.communication import (
+    CommGroup,
+    all_gather_time,
+    all_reduce_time,
+    reduce_scatter_time,
+    send_recv_time,
+)
+from autopar.cost_models.layers import LayerProfile, layer_time
+from autopar.cost_models.memory import MemoryBreakdown, model_state_bytes, peak_memory
+from autopar.cost_models.pipeline import StageCost, simulate
+from autopar.layer_profiles import layer_profiles
+from autopar.tracing import ModelGraph, trace
+
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28.0, "sgd": 16.0}
+"""Bytes the optimizer update reads and writes per parameter it owns. AdamW reads an fp32
+master weight, momentum, variance and the gradient, and writes the first three plus the
+working-precision weight: (4+4+4+2) + (4+4+4+2)."""
+
+
+class Estimate(BaseModel):
+    """What a configuration is predicted to do: times in seconds, memory in bytes per device."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step_time: float
+    breakdown: dict[str, float]
+    """compute, recompute, tp_comm, pp_comm, bubble, dp_comm, optimizer: they add up to
+    step_time (compute, recompute and the collectives are those of the busiest stage)."""
+    samples_per_s: float
+    tokens_per_s: float
+    model_tflops_per_device: float
+    mfu: float
+    peak_memory: float
+    memory: dict[str, float]
+    capacity: float
+    fits: bool
+    stage_times: list[float]
+    stage_memory: list[float]
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a configuration's groups of ranks sit on the cluster."""
+
+    group: NodeGroup
+
+    def comm_group(self, size: int, stride: int) -> CommGroup:
+        """Ranks ``stride`` apart, ``size`` of them (Megatron's layout of tp/cp/dp/pp)."""
+        g = self.group
+        per_node = g.devices_per_node
+        ranks_per_node = 1 if stride >= per_node else max(1, min(size, per_node // stride))
+        while size % ranks_per_node:
+            ranks_per_node -= 1
+        rail = g.inter_node.bandwidth * max(g.nics_per_node, 1) / per_node
+        return CommGroup(size=size, ranks_per_node=ranks_per_node,
+                         intra_bandwidth=g.intra_node.bandwidth,
+                         intra_latency=g.intra_node.latency_s,
+                         inter_bandwidth=rail, inter_latency=g.inter_node.latency_s)
+
+
+def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProfile],
+              global_batch_size: int) -> int:
+    if config.world_size != cluster.world_size:
+        raise ConfigError(
+            f"dp x tp x pp x cp = {config.dp}x{config.tp}x{config.pp}x{config.cp} = "
+            f"{config.world_size} devices, but the cluster has {cluster.world_size}; "
+            f"choose degrees whose product is {cluster.world_size}")
+    heads = [p.max_heads for p in profiles if p.max_heads]
+    for h in heads:
+        if h % config.tp:
+            raise ConfigError(f"tp={config.tp} does not divide the model's {h} attention "
+                              f"heads; use a tp that divides {h}")
+    if config.sequence_parallel and config.tp == 1:
+        raise ConfigError("sequence_parallel needs tp > 1: it splits what tensor "
+                          "parallelism replicates")
+    if config.schedule != "interleaved" and config.virtual_stages != 1:
+        raise ConfigError(f"virtual_stages={config.virtual_stages} needs "
+                          f"schedule='interleaved' (got {config.schedule!r})")
+    if isinstance(config.recompute, tuple) and len(config.recompute) != len(profiles):
+        raise ConfigError(f"recompute lists {len(config.recompute)} modes but the model has "
+                          f"{len(profiles)} layers")
+    if global_batch_size < 1:
+        raise ConfigError(f"global_batch_size must be positive, got {global_batch_size}")
+    m = config.micro_batches(global_batch_size)
+    if config.schedule == "interleaved" and m % config.pp:
+        raise ConfigError(f"the interleaved schedule needs micro-batches ({m}) divisible by "
+                          f"pp={config.pp}, as Megatron-LM requires")
+    return m
+
+
+def _seq_len(graph: ModelGraph) -> int:
+    shape = graph.input_shapes[0] if graph.input_shapes else ()
+    return int(shape[1]) if len(shape) > 1 else 1
+
+
+def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
+             example_inputs: Any = None, global_batch_size: int, precision: str = "bf16",
+             optimizer: str = "adamw") -> Estimate:
+    """Predict the step time and per-device memory of ``config`` on ``cluster``.
+
+    ``model_or_graph`` is a ``ModelGraph`` or an ``nn.Module`` (traced with
+    ``example_inputs``). ``global_batch_size`` counts samples (sequences) per optimizer step.
+    """
+    graph = model_or_graph if isinstance(model_or_graph, ModelGraph) else trace(
+        model_or_graph, example_inputs)
+    profiles = layer_profiles(graph)
+    m = _validate(config, cluster, profiles, global_batch_size)
+    group = min(cluster.groups, key=lambda g: g.device.peak(precision))
+    device = group.device
+    place = _Placement(group)
+    tp_group = place.comm_group(config.tp, 1)
+    dp_group = place.comm_group(config.dp, config.tp * config.cp)
+    pp_link = place.comm_group(2, config.tp * config.cp * config.dp)
+    b = config.micro_batch_size
+    is_block = _blocks(graph)
+    chunks = config.stage_layers(is_block)
+
+    stage_costs: list[StageCost] = []
+    parts = []
+    for layers in chunks:
+        fwd = bwd = recompute = tp_comm = 0.0
+        for i in layers:
+            p = profiles[i]
+            f, bk, attention = layer_time(p, b, device, precision, tp=config.tp,
+                                          sequence_parallel=config.sequence_parallel,
+                                          cp=config.cp)
+            mode = config.recompute_of(i)
+            fwd += f
+            bwd += bk
+            recompute += f if mode == "full" else attention if mode == "selective" else 0.0
+            if config.tp > 1 and p.tp_allreduce_bytes:
+                # One all-reduce per column->row pair forward, and one backward (plus one more
+                # forward when the layer is recomputed in full).
+                one = all_reduce_time(p.tp_allreduce_bytes * b / config.cp, tp_group)
+                tp_comm += one * (3 if mode == "full" else 2)
+        boundary = profiles[layers[-1]].boundary_bytes * b / config.cp
+        if config.sequence_parallel:
+            boundary /= config.tp
+        send = _send_time(boundary, pp_link) if config.pp > 1 else 0.0
+        stage_costs.append(StageCost(forward=fwd + tp_comm / 2, backward=bwd + recompute +
+                                     tp_comm / 2, send=send))
+        parts.append((fwd + bwd, recompute, tp_comm, send))
+
+    pipeline = simulate(stage_costs, m, config.schedule, config.virtual_stages)
+    per_device = _per_device(parts, config)
+    busiest = max(range(config.pp), key=lambda s: sum(per_device[s]))
+    compute, recompute, tp_comm, send = (x * m for x in per_device[busiest])
+
+    params_per_stage = _per_device([(
+        sum(profiles[i].params_sharded / config.tp + profiles[i].params_replicated
+            for i in layers),) for layers in chunks], config)
+    largest = max(p.params_sharded / config.tp + p.params_replicated for p in profiles)
+    w_bytes = 2 if precision in ("bf16", "fp16") else 4
+    dp_comm = optimizer_time = 0.0
+    stage_memory: list[float] = []
+    worst: MemoryBreakdown | None = None
+    for s in range(config.pp):
+        params = params_per_stage[s][0]
+        grad_bytes = params * w_bytes
+        if config.dp > 1:
+            if config.zero_stage >= 3:
+                sync = (reduce_scatter_time(grad_bytes, dp_group)
+                        + 2 * all_gather_time(params * w_bytes, dp_group))
+            elif config.zero_stage == 2:
+                sync = reduce_scatter_time(grad_bytes, dp_group) + all_gather_time(
+                    params * w_bytes, dp_group)
+            else:
+                sync = all_reduce_time(grad_bytes, dp_group)
+            overlap = stage_costs[s].backward if config.zero_stage < 3 else (
+                (stage_costs[s].forward + stage_costs[s].backward) * m)
+            dp_comm = max(dp_comm, max(0.0, sync - overlap))
+        owned = params / (config.dp if config.zero_stage >= 1 else 1)
+        optimizer_time = max(optimizer_time, owned * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (
+            device.memory_bandwidth * device.memory_efficiency))
+        weights, grads, opt = model_state_bytes(params, largest, precision=precision,
+                                                optimizer=optimizer,
+                                                zero_stage=config.zero_stage, dp=config.dp)
+        acts = _activation_bytes(profiles, chunks, s, config, pipeline.in_flight[s], b)
+        mem = peak_memory(weights=weights, gradients=grads, optimizer=opt, activations=acts,
+                          dp=config.dp)
+        stage_memory.append(mem.total)
+        if worst is None or mem.total > worst.total:
+            worst = mem
+    assert worst is not None
+
+    bubble = max(0.0, pipeline.step_time - (compute + recompute + tp_comm + send))
+    step = pipeline.step_time + dp_comm + optimizer_time
+    model_flops = (graph.fwd_flops + graph.bwd_flops) * global_batch_size
+    tflops = model_flops / step / config.world_size / 1e12
+    capacity = float(device.memory_bytes)
+    return Estimate(
+        step_time=step,
+        breakdown={"compute": compute, "recompute": recompute, "tp_comm": tp_comm,
+                   "pp_comm": send, "bubble": bubble, "dp_comm": dp_comm,
+                   "optimizer": optimizer_time},
+        samples_per_s=global_batch_size / step,
+        tokens_per_s=global_batch_size * _seq_len(graph) / step,
+        model_tflops_per_device=tflops,
+        mfu=tflops * 1e12 / device.peak(precision),
+        peak_memory=worst.total,
+        memory={"weights": worst.weights, "gradients": worst.gradients,
+                "optimizer": worst.optimizer, "activations": worst.activations,
+                "buffers": worst.buffers, "overhead": worst.overhead},
+        capacity=capacity,
+        fits=worst.total <= capacity,
+        stage_times=[sum(x) * m for x in per_device],
+        stage_memory=stage_memory,
+    )
+
+
+def _send_time(nbytes: float, link: CommGroup) -> float:
+    """Point-to-point between neighbouring stages: over NVLink when they share a node, else
+    over the sender's rail, at the achieved (not line) bandwidth."""
+    if link.ranks_per_node > 1:
+        return send_recv_time(nbytes, bandwidth=link.intra_bandwidth * link.intra_efficiency,
+                              latency=link.intra_latency)
+    return send_recv_time(nbytes, bandwidth=link.inter_bandwidth * link.inter_efficiency,
+                          latency=link.inter_latency)
+
+
+def _blocks(graph: ModelGraph) -> list[bool]:
+    """Which layers are repeated blocks (their signature occurs more than once); a model
+    without repeats is all blocks."""
+    counts: dict[str, int] = {}
+    for layer in graph.layers:
+        counts[layer.signature] = counts.get(layer.signature, 0) + 1
+    repeated = [counts[layer.signature] > 1 for layer in graph.layers]
+    return repeated if any(repeated) else [True] * len(repeated)
+
+
+def _per_device(parts: Sequence[tuple[float, ...]], config: ParallelConfig
+                ) -> list[tuple[float, ...]]:
+    """Sum the figures of each device's virtual chunks (chunk c runs on device c % pp)."""
+    width = len(parts[0])
+    totals = [[0.0] * width for _ in range(config.pp)]
+    for c, part in enumerate(parts):
+        for k in range(width):
+            totals[c % config.pp][k] += part[k]
+    return [tuple(t) for t in totals]
+
+
+def _activation_bytes(profiles: list[LayerProfile], chunks: list[range], stage: int,
+                      config: ParallelConfig, in_flight: int, b: int) -> float:
+    """Activation bytes device ``stage`` holds at its peak."""
+    held = working = 0.0
+    for c, layers in enumerate(chunks):
+        if c % config.pp != stage:
+            continue
+        for i in layers:
+            p = profiles[i]
+            mode = config.recompute_of(i)
+            full = p.saved_bytes(config.tp, config.sequence_parallel,
+                                 selective=mode == "selective") * b / config.cp
+            if mode == "full":
+                checkpoint = profiles[i - 1].boundary_bytes if i else 0.0
+                split = config.tp if config.sequence_parallel else 1
+                held += checkpoint * b / config.cp / split
+                working = max(working, full)
+            else:
+                held += full
+    return held * in_flight / config.virtual_stages + working

@@ -1,0 +1,292 @@
+"""Step time of a pipeline-parallel schedule whose stages cost different amounts.
+
+``simulate`` runs a small discrete-event simulation. Each device executes its operations in the
+order its schedule prescribes; an operation starts once the device is free and its inputs have
+arrived:
+
+- forward ``F(k, i)`` of micro-batch ``i`` on (virtual) stage ``k`` needs ``F(k-1, i)`` plus
+  ``stages[k-1].send``;
+- backward ``B(k, i)`` needs ``B(k+1, i)`` plus ``stages[k].send`` (the last stage: its own
+  ``F(k, i)``);
+- for ``zero_bubble``, backward is split into ``B`` (input gradient, on the critical path) and
+  ``W`` (weight gradient), which only needs ``B(k, i)`` and fills idle time.
+
+Sends are asynchronous: they delay the receiver but do not occupy the sender's compute. GPipe
+and interleaved pay each boundary's send twice per step (fill and drain); 1F1B's warm-up leaves
+no slack, so its steady state also waits on sends, as Megatron's blocking 1F1B exchange does;
+zero_bubble's deferred weight gradients absorb most of that. With a fixed per-device order the
+simulation is exact, so for equal stages it reproduces the closed forms (see
+``docs/cost_models.md``): GPipe and 1F1B take ``(m+p-1)(f+b)``, Megatron's
+interleaved schedule has a bubble of ``(p-1)(f+b)/v``, ZB-H1 one of ``(p-1)(f+b-2w)``
+(Qi et al., "Zero Bubble Pipeline Parallelism", ICLR 2024, arXiv:2401.10241, Table 2, where the
+backward ``b`` = input gradient ``T_B`` + weight gradient ``T_W = w``; it holds for ``w <= b/2``
+and ``m >= p``).
+
+Layout for ``interleaved``: ``stages`` lists the ``p * v`` virtual stages in model order; virtual
+stage ``k`` is chunk ``k // p`` on device ``k % p`` (Megatron's layout), and its costs are that
+chunk's. ``in_flight`` then has one entry per device counting (micro-batch, chunk) activations,
+each 1/v of a device's layers. For the other schedules ``stages`` are the devices in order.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from autopar.errors import AutoparError
+
+Schedule = Literal["gpipe", "1f1b", "interleaved", "zero_bubble"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+
+# An operation: (kind, virtual stage, micro-batch); kind is "F", "B" or "W".
+_Op = tuple[str, int, int]
+
+
+class PipelineError(AutoparError):
+    """A pipeline-schedule input is invalid: stage costs, micro-batch count or schedule."""
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Per-micro-batch costs of one pipeline stage (for ``interleaved``: one virtual chunk)."""
+
+    forward: float  # s per micro-batch on this stage
+    backward: float  # s per micro-batch (input-grad + weight-grad)
+    backward_weight: float = 0.0  # part of `backward` that is weight-gradient; 0 -> backward/2
+    send: float = 0.0  # s to send one micro-batch's activation (and its gradient back) onward
+
+    def __post_init__(self) -> None:
+        for name in ("forward", "backward", "backward_weight", "send"):
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or value < 0:
+                raise PipelineError(f"StageCost.{name}={value!r} must be a finite number >= 0")
+        if self.backward_weight > self.backward:
+            raise PipelineError(
+                f"StageCost.backward_weight={self.backward_weight!r} exceeds "
+                f"backward={self.backward!r}: it is the weight-gradient part of backward"
+            )
+
+    @property
+    def weight_grad(self) -> float:
+        """The weight-gradient time zero_bubble defers (half the backward when not given)."""
+        return self.backward_weight if self.backward_weight > 0 else self.backward / 2
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What one optimizer step of the pipeline costs."""
+
+    step_time: float  # s for all micro-batches of one optimizer step through the pipeline
+    bubble_time: float  # step_time - busiest device's pure compute
+    in_flight: list[int]  # peak micro-batches whose activations each device holds at once
+
+
+def _gpipe_order(device: int, p: int, m: int) -> list[_Op]:
+    """All forwards, then all backwards, in micro-batch order (torch's ScheduleGPipe)."""
+    return [("F", device, i) for i in range(m)] + [("B", device, i) for i in range(m)]
+
+
+def _one_f_one_b_order(device: int, p: int, m: int) -> list[_Op]:
+    """PipeDream-flush / Megatron 1F1B: p-s-1 warm-up forwards, then F/B pairs, then cool-down."""
+    warmup = min(p - device - 1, m)
+    order: list[_Op] = [("F", device, i) for i in range(warmup)]
+    for i in range(m - warmup):
+        order += [("F", device, warmup + i), ("B", device, i)]
+    return order + [("B", device, i) for i in range(m - warmup, m)]
+
+
+def _interleaved_order(device: int, p: int, v: int, m: int) -> list[_Op]:
+    """Megatron's interleaved 1F1B (``forward_backward_pipelining_with_interleaving``).
+
+    Forward slot ``j`` runs micro-batch ``(j // (p v)) p + j % p`` on chunk ``(j // p) % v``;
+    backward slot ``j`` the same micro-batch on chunk ``v - 1 - (j // p) % v``. Warm-up is
+    ``2(p - d - 1) + (v - 1) p`` forward slots (all of them when m == p), then F/B pairs.
+    """
+    total = m * v
+
+    def slot(j: int, forward: bool) -> _Op:
+        chunk = (j // p) % v
+        micro_batch = (j // (p * v)) * p + j % p
+        if not forward:
+            chunk = v - 1 - chunk
+        return ("F" if forward else "B", chunk * p + device, micro_batch)
+
+    warmup = total if m == p else min(2 * (p - device - 1) + (v - 1) * p, total)
+    order = [slot(j, True) for j in range(warmup)]
+    for j in range(total - warmup):
+        order += [slot(warmup + j, True), slot(j, False)]
+    return order + [slot(j, False) for j in range(total - warmup, total)]
+
+
+class _Simulation:
+    """Discrete-event run of fixed per-device orders; always starts the earliest-startable op.
+
+    Starting the globally earliest op first keeps causality: an op whose producer is not yet
+    scheduled cannot start before that producer, which starts no earlier than the chosen op.
+    """
+
+    def __init__(self, stages: Sequence[StageCost], orders: list[list[_Op]], zero_bubble: bool):
+        self.stages = stages
+        self.orders = orders
+        self.zero_bubble = zero_bubble
+        self.devices = len(orders)
+        self.finish: dict[_Op, float] = {}
+
+    def duration(self, op: _Op) -> float:
+        kind, k, _ = op
+        cost = self.stages[k]
+        if kind == "F":
+            return cost.forward
+        if not self.zero_bubble:
+            return cost.backward
+        return cost.weight_grad if kind == "W" else cost.backward - cost.weight_grad
+
+    def ready(self, op: _Op) -> float | None:
+        """When the op's inputs have arrived; None while a producer is unscheduled."""
+        kind, k, i = op
+        if kind == "F":
+            deps = [(("F", k - 1, i), self.stages[k - 1].send)] if k > 0 else []
+        elif kind == "B":
+            deps = [(("F", k, i), 0.0)]
+            if k < len(self.stages) - 1:
+                deps.append((("B", k + 1, i), self.stages[k].send))
+        else:
+            deps = [(("B", k, i), 0.0)]
+        ready = 0.0
+        for dep, lag in deps:
+            done = self.finish.get(dep)
+            if done is None:
+                return None
+            ready = max(ready, done + lag)
+        return ready
+
+    def next_op(
+        self, d: int, free: float, pos: int, pending_w: list[_Op], in_flight: int
+    ) -> tuple[float, _Op | None]:
+        """The op device ``d`` starts next and when (inf while it waits on an unscheduled op)."""
+        order = self.orders[d]
+        nxt = order[pos] if pos < len(order) else None
+        ready = None if nxt is None else self.ready(nxt)
+        if pending_w:
+            # ZB-H1 keeps at most p micro-batches in flight on every device, as 1F1B does on
+            # its first: a forward that would exceed that first retires the oldest W.
+            if nxt is None or (nxt[0] == "F" and in_flight >= self.devices):
+                return free, pending_w[0]
+            # Otherwise W fills idle time, where it does not delay the next F or B.
+            # (A relative tolerance keeps a W that exactly fits a gap from losing to rounding.)
+            w = self.duration(pending_w[0])
+            gap = math.inf if ready is None else ready - free
+            if gap >= w - 1e-9 * (free + w):
+                return free, pending_w[0]
+        if nxt is None or ready is None:
+            return math.inf, None
+        return max(free, ready), nxt
+
+    def run(self) -> tuple[float, list[float]]:
+        """Schedule every op; return the step time and each device's busy (compute) time."""
+        n = self.devices
+        free = [0.0] * n
+        busy = [0.0] * n
+        pos = [0] * n
+        in_flight = [0] * n  # forwards done minus weight gradients done (zero_bubble)
+        pending_w: list[list[_Op]] = [[] for _ in range(n)]
+        left = sum(map(len, self.orders))
+        if self.zero_bubble:
+            left += sum(op[0] == "B" for order in self.orders for op in order)
+
+        def plan(dev: int) -> tuple[float, _Op | None]:
+            return self.next_op(dev, free[dev], pos[dev], pending_w[dev], in_flight[dev])
+
+        plans = [plan(dev) for dev in range(n)]
+        while left:
+            d = min(range(n), key=lambda dev: plans[dev][0])
+            start, op = plans[d]
+            if op is None:  # cannot happen for the orders built here; guards against a hang
+                raise RuntimeError("pipeline schedule deadlocked: no device can start an op")
+            end = start + self.duration(op)
+            self.finish[op] = end
+            free[d] = end
+            busy[d] += end - start
+            left -= 1
+            if op[0] == "W":
+                pending_w[d].pop(0)
+                in_flight[d] -= 1
+            else:
+                pos[d] += 1
+                if self.zero_bubble and op[0] == "F":
+                    in_flight[d] += 1
+                if self.zero_bubble and op[0] == "B":
+                    pending_w[d].append(("W", op[1], op[2]))
+            # Only this device and the neighbours that consume its output can change plans.
+            for dev in {d, (d - 1) % n, (d + 1) % n}:
+                plans[dev] = plan(dev)
+        return max(free), busy
+
+
+def _peak_activations(order: list[_Op]) -> int:
+    """Most forwards whose backward (input gradient) has not yet run, along a device's order."""
+    held = peak = 0
+    for kind, _, _ in order:
+        held += 1 if kind == "F" else -1
+        peak = max(peak, held)
+    return peak
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def simulate(
+    stages: Sequence[StageCost], micro_batches: int, schedule: Schedule, virtual_stages: int = 1
+) -> PipelineResult:
+    """Simulate one optimizer step of ``micro_batches`` through ``stages`` under ``schedule``.
+
+    ``stages`` are the pipeline stages in order (for ``interleaved``, the ``p * virtual_stages``
+    chunks in model order: chunk ``k`` runs on device ``k % p``). Raises PipelineError for an
+    empty pipeline, fewer than one micro-batch, an unknown schedule, a virtual-stage count that
+    does not fit, or (interleaved, as Megatron) ``micro_batches`` not a multiple of p.
+    """
+    if not stages:
+        raise PipelineError("simulate needs at least one stage; got an empty list")
+    if not _is_count(micro_batches) or micro_batches < 1:
+        raise PipelineError(f"micro_batches={micro_batches!r} must be an integer >= 1")
+    if schedule not in SCHEDULES:
+        raise PipelineError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    v = virtual_stages
+    if not _is_count(v) or v < 1:
+        raise PipelineError(f"virtual_stages={v!r} must be an integer >= 1")
+    if schedule != "interleaved" and v != 1:
+        raise PipelineError(
+            f"virtual_stages={v} needs schedule 'interleaved'; {schedule!r} runs one chunk per "
+            "device (pass virtual_stages=1)"
+        )
+    if schedule == "interleaved" and v == 1:
+        schedule = "1f1b"  # Megatron runs the plain 1F1B schedule without virtual stages
+    m = micro_batches
+    if schedule == "interleaved":
+        if len(stages) % v:
+            raise PipelineError(
+                f"interleaved needs len(stages) = devices * virtual_stages: {len(stages)} "
+                f"stages is not a multiple of virtual_stages={v}"
+            )
+        p = len(stages) // v
+        if m % p:
+            raise PipelineError(
+                f"interleaved needs micro_batches to be a multiple of the {p} pipeline devices "
+                f"(as Megatron requires); got micro_batches={m}"
+            )
+        orders = [_interleaved_order(d, p, v, m) for d in range(p)]
+    else:
+        p = len(stages)
+        build = _gpipe_order if schedule == "gpipe" else _one_f_one_b_order
+        orders = [build(d, p, m) for d in range(p)]
+    step_time, busy = _Simulation(stages, orders, schedule == "zero_bubble").run()
+    return PipelineResult(
+        step_time=step_time,
+        bubble_time=step_time - max(busy),
+        in_flight=[_peak_activations(order) for order in orders],
+    )

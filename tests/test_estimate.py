@@ -1,0 +1,94 @@
+"""``autopar.estimate``: consistency, the effects that must show, and errors."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+
+import autopar
+from autopar.cluster import Cluster
+from autopar.config import ConfigError, ParallelConfig
+from autopar.estimate import estimate
+
+
+@cache
+def gpt(layers: int = 8, hidden: int = 1024, heads: int = 16, seq: int = 1024
+        ) -> autopar.ModelGraph:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=32000,
+                        n_positions=seq, use_cache=False, activation_function="gelu")
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config).to(torch.bfloat16)
+    ids = torch.zeros(1, seq, dtype=torch.long)
+    return autopar.trace(model, (ids,), {"labels": ids})
+
+
+def test_breakdown_adds_up_and_throughput_follows() -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=2)
+    config = ParallelConfig(dp=4, tp=2, pp=2, micro_batch_size=2)
+    est = estimate(gpt(), cluster, config, global_batch_size=64)
+    assert sum(est.breakdown.values()) == pytest.approx(est.step_time, rel=1e-9)
+    assert est.samples_per_s == pytest.approx(64 / est.step_time)
+    assert est.tokens_per_s == pytest.approx(64 * 1024 / est.step_time)
+    assert 0 < est.mfu < 1
+    assert est.peak_memory == pytest.approx(sum(est.memory.values()))
+    assert est.fits
+
+
+def test_more_micro_batches_shrink_the_bubble() -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    few = estimate(gpt(), cluster, ParallelConfig(pp=8), global_batch_size=8)
+    many = estimate(gpt(), cluster, ParallelConfig(pp=8), global_batch_size=64)
+    few_bubble = few.breakdown["bubble"] / few.step_time
+    many_bubble = many.breakdown["bubble"] / many.step_time
+    assert few_bubble > 3 * many_bubble > 0
+    assert few.samples_per_s < 0.8 * many.samples_per_s
+
+
+def test_tensor_parallelism_across_nodes_is_slower() -> None:
+    two_nodes = Cluster.from_profile("dgx-a100", nodes=2)
+    inside = estimate(gpt(), two_nodes, ParallelConfig(dp=2, tp=8), global_batch_size=16)
+    across = estimate(gpt(), two_nodes, ParallelConfig(tp=16), global_batch_size=16)
+    assert across.breakdown["tp_comm"] > 2 * inside.breakdown["tp_comm"]
+    assert across.samples_per_s < inside.samples_per_s
+
+
+def test_zero3_across_many_nodes_pays_for_its_gathers() -> None:
+    small = Cluster.from_profile("dgx-a100", nodes=1)
+    big = Cluster.from_profile("dgx-a100", nodes=128)
+    graph = gpt()
+    near = estimate(graph, small, ParallelConfig(dp=8, zero_stage=3), global_batch_size=8)
+    far = estimate(graph, big, ParallelConfig(dp=1024, zero_stage=3), global_batch_size=1024)
+    assert far.breakdown["dp_comm"] > near.breakdown["dp_comm"]
+    assert far.model_tflops_per_device < near.model_tflops_per_device
+
+
+def test_memory_shrinks_with_zero_and_recomputation() -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    plain = estimate(gpt(), cluster, ParallelConfig(dp=8), global_batch_size=64)
+    zero = estimate(gpt(), cluster, ParallelConfig(dp=8, zero_stage=3), global_batch_size=64)
+    full = estimate(gpt(), cluster, ParallelConfig(dp=8, recompute="full"), global_batch_size=64)
+    assert zero.memory["optimizer"] == pytest.approx(plain.memory["optimizer"] / 8)
+    assert full.memory["activations"] < plain.memory["activations"] / 3
+    assert full.breakdown["recompute"] > 0 and plain.breakdown["recompute"] == 0
+
+
+@pytest.mark.parametrize("config,message", [
+    (ParallelConfig(dp=3), "cluster has 8"),
+    (ParallelConfig(pp=8, virtual_stages=2, schedule="interleaved"), "pipeline chunks"),
+    (ParallelConfig(dp=8, sequence_parallel=True), "sequence_parallel needs tp > 1"),
+    (ParallelConfig(pp=8, virtual_stages=2), "needs schedule='interleaved'"),
+])
+def test_invalid_configurations_say_what_is_wrong(config: ParallelConfig, message: str) -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    with pytest.raises(ConfigError, match=message):
+        estimate(gpt(), cluster, config, global_batch_size=64)
+
+
+def test_tp_must_divide_the_heads() -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    with pytest.raises(ConfigError, match="tp=8 does not divide the model's 12 attention heads"):
+        estimate(gpt(hidden=768, heads=12), cluster, ParallelConfig(tp=8), global_batch_size=8)
