@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autopar.errors import AutoparError
 
@@ -38,6 +38,15 @@ class ParallelConfig(BaseModel):
     cp: int = Field(1, ge=1, description="context-parallel degree (sequence split)")
     recompute: Recompute | tuple[Recompute, ...] = "none"
     micro_batch_size: int = Field(1, ge=1, description="samples per micro-batch per replica")
+
+    def __init__(self, **fields: object) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'config'}={e.get('input')!r}: {e['msg']}"
+                for e in exc.errors())
+            raise ConfigError(f"invalid ParallelConfig: {problems}") from None
 
     @property
     def world_size(self) -> int:
