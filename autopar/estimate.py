@@ -125,94 +125,50 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
 
     ``model_or_graph`` is a ``ModelGraph`` or an ``nn.Module`` (traced with
     ``example_inputs``). ``global_batch_size`` counts samples (sequences) per optimizer step.
+    On a heterogeneous cluster each pipeline stage runs on the node group holding its ranks.
     """
     graph = model_or_graph if isinstance(model_or_graph, ModelGraph) else trace(
         model_or_graph, example_inputs)
     profiles = layer_profiles(graph)
     m = _validate(config, cluster, profiles, global_batch_size)
-    group = min(cluster.groups, key=lambda g: g.device.peak(precision))
-    device = group.device
-    place = _Placement(group)
-    tp_group = place.comm_group(config.tp, 1)
-    dp_group = place.comm_group(config.dp, config.tp * config.cp)
-    pp_link = place.comm_group(2, config.tp * config.cp * config.dp)
-    b = config.micro_batch_size
-    is_block = _blocks(graph)
-    chunks = config.stage_layers(is_block)
-
-    stage_costs: list[StageCost] = []
-    parts = []
-    for layers in chunks:
-        fwd = bwd = recompute = tp_comm = 0.0
-        for i in layers:
-            p = profiles[i]
-            f, bk, attention = layer_time(p, b, device, precision, tp=config.tp,
-                                          sequence_parallel=config.sequence_parallel,
-                                          cp=config.cp)
-            mode = config.recompute_of(i)
-            fwd += f
-            bwd += bk
-            recompute += f if mode == "full" else attention if mode == "selective" else 0.0
-            if config.tp > 1 and p.tp_allreduce_bytes:
-                # One all-reduce per column->row pair forward, and one backward (plus one more
-                # forward when the layer is recomputed in full).
-                one = all_reduce_time(p.tp_allreduce_bytes * b / config.cp, tp_group)
-                tp_comm += one * (3 if mode == "full" else 2)
-        boundary = profiles[layers[-1]].boundary_bytes * b / config.cp
-        if config.sequence_parallel:
-            boundary /= config.tp
-        send = _send_time(boundary, pp_link) if config.pp > 1 else 0.0
-        stage_costs.append(StageCost(forward=fwd + tp_comm / 2, backward=bwd + recompute +
-                                     tp_comm / 2, send=send))
-        parts.append((fwd + bwd, recompute, tp_comm, send))
-
+    groups = _stage_groups(cluster, config)
+    chunks = config.stage_layers(_blocks(graph))
+    costs = [_chunk_cost(profiles, layers, config, groups[c % config.pp], precision,
+                         _seq_len(graph)) for c, layers in enumerate(chunks)]
+    stage_costs = [cost for cost, _ in costs]
     pipeline = simulate(stage_costs, m, config.schedule, config.virtual_stages)
-    per_device = _per_device(parts, config)
+    per_device = _per_device([part for _, part in costs], config)
     busiest = max(range(config.pp), key=lambda s: sum(per_device[s]))
     compute, recompute, tp_comm, send = (x * m for x in per_device[busiest])
 
-    params_per_stage = _per_device([(
+    params_per_stage = [p[0] for p in _per_device([(
         sum(profiles[i].params_sharded / config.tp + profiles[i].params_replicated
-            for i in layers),) for layers in chunks], config)
+            for i in layers),) for layers in chunks], config)]
     largest = max(p.params_sharded / config.tp + p.params_replicated for p in profiles)
-    w_bytes = 2 if precision in ("bf16", "fp16") else 4
     dp_comm = optimizer_time = 0.0
-    stage_memory: list[float] = []
-    worst: MemoryBreakdown | None = None
-    for s in range(config.pp):
-        params = params_per_stage[s][0]
-        grad_bytes = params * w_bytes
-        if config.dp > 1:
-            if config.zero_stage >= 3:
-                sync = (reduce_scatter_time(grad_bytes, dp_group)
-                        + 2 * all_gather_time(params * w_bytes, dp_group))
-            elif config.zero_stage == 2:
-                sync = reduce_scatter_time(grad_bytes, dp_group) + all_gather_time(
-                    params * w_bytes, dp_group)
-            else:
-                sync = all_reduce_time(grad_bytes, dp_group)
-            overlap = stage_costs[s].backward if config.zero_stage < 3 else (
-                (stage_costs[s].forward + stage_costs[s].backward) * m)
-            dp_comm = max(dp_comm, max(0.0, sync - overlap))
+    memories: list[MemoryBreakdown] = []
+    for s, group in enumerate(groups):
+        params = params_per_stage[s]
+        backward = sum(c.backward for c in stage_costs[s::config.pp])
+        forward = sum(c.forward for c in stage_costs[s::config.pp])
+        overlap = backward if config.zero_stage < 3 else (forward + backward) * m
+        dp_comm = max(dp_comm, max(0.0, _dp_sync(params, config, group, precision) - overlap))
         owned = params / (config.dp if config.zero_stage >= 1 else 1)
+        device = group.device
         optimizer_time = max(optimizer_time, owned * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (
             device.memory_bandwidth * device.memory_efficiency))
-        weights, grads, opt = model_state_bytes(params, largest, precision=precision,
-                                                optimizer=optimizer,
-                                                zero_stage=config.zero_stage, dp=config.dp)
-        acts = _activation_bytes(profiles, chunks, s, config, pipeline.in_flight[s], b)
-        mem = peak_memory(weights=weights, gradients=grads, optimizer=opt, activations=acts,
-                          dp=config.dp)
-        stage_memory.append(mem.total)
-        if worst is None or mem.total > worst.total:
-            worst = mem
-    assert worst is not None
+        memories.append(_stage_memory(profiles, chunks, s, config, params, largest,
+                                      pipeline.in_flight[s], precision, optimizer))
+    headroom = [g.device.memory_bytes - mem.total for g, mem in zip(groups, memories,
+                                                                      strict=True)]
+    tightest = min(range(config.pp), key=headroom.__getitem__)
+    worst = memories[tightest]
 
     bubble = max(0.0, pipeline.step_time - (compute + recompute + tp_comm + send))
     step = pipeline.step_time + dp_comm + optimizer_time
     model_flops = (graph.fwd_flops + graph.bwd_flops) * global_batch_size
     tflops = model_flops / step / config.world_size / 1e12
-    capacity = float(device.memory_bytes)
+    mean_peak = sum(g.device.peak(precision) for g in groups) / len(groups)
     return Estimate(
         step_time=step,
         breakdown={"compute": compute, "recompute": recompute, "tp_comm": tp_comm,
@@ -221,16 +177,115 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
         samples_per_s=global_batch_size / step,
         tokens_per_s=global_batch_size * _seq_len(graph) / step,
         model_tflops_per_device=tflops,
-        mfu=tflops * 1e12 / device.peak(precision),
+        mfu=tflops * 1e12 / mean_peak,
         peak_memory=worst.total,
         memory={"weights": worst.weights, "gradients": worst.gradients,
                 "optimizer": worst.optimizer, "activations": worst.activations,
                 "buffers": worst.buffers, "overhead": worst.overhead},
-        capacity=capacity,
-        fits=worst.total <= capacity,
+        capacity=float(groups[tightest].device.memory_bytes),
+        fits=min(headroom) >= 0,
         stage_times=[sum(x) * m for x in per_device],
-        stage_memory=stage_memory,
+        stage_memory=[mem.total for mem in memories],
     )
+
+
+def _stage_groups(cluster: Cluster, config: ParallelConfig) -> list[NodeGroup]:
+    """The node group each pipeline stage runs on: stages are the outermost dimension, so
+    stage ``s`` holds ranks ``s*W/pp .. (s+1)*W/pp - 1`` (node groups in the file's order)."""
+    per_stage = config.world_size // config.pp
+    starts = []
+    total = 0
+    for group in cluster.groups:
+        starts.append((total, group))
+        total += group.nodes * group.devices_per_node
+    stages = []
+    for s in range(config.pp):
+        first, last = s * per_stage, (s + 1) * per_stage - 1
+        owners = {id(g) for start, g in starts
+                  if start <= last and first < start + g.nodes * g.devices_per_node}
+        if len(owners) > 1:
+            raise ConfigError(
+                f"pipeline stage {s} would span two node groups of the heterogeneous cluster "
+                f"{cluster.name}; choose pp so that each group holds whole stages")
+        stages.append(next(g for start, g in starts
+                           if start <= first < start + g.nodes * g.devices_per_node))
+    return stages
+
+
+def _chunk_cost(profiles: list[LayerProfile], layers: range, config: ParallelConfig,
+                group: NodeGroup, precision: str, seq: int
+                ) -> tuple[StageCost, tuple[float, float, float, float]]:
+    """One pipeline chunk per micro-batch: its StageCost and (compute, recompute, tensor- and
+    context-parallel communication, send) seconds."""
+    place = _Placement(group)
+    tp_group = place.comm_group(config.tp, 1)
+    cp_link = place.comm_group(2, config.tp) if config.cp > 1 else None
+    pp_link = place.comm_group(2, config.tp * config.cp * config.dp)
+    b = config.micro_batch_size
+    fwd = bwd = recompute = comm = 0.0
+    for i in layers:
+        p = profiles[i]
+        f, bk, attention = layer_time(p, b, group.device, precision, tp=config.tp,
+                                      sequence_parallel=config.sequence_parallel, cp=config.cp)
+        mode = config.recompute_of(i)
+        fwd += f
+        bwd += bk
+        recompute += f if mode == "full" else attention if mode == "selective" else 0.0
+        if config.tp > 1 and p.tp_allreduce_bytes:
+            # One all-reduce per column->row pair forward, one backward, and one more forward
+            # when the layer is recomputed in full.
+            one = all_reduce_time(p.tp_allreduce_bytes * b / config.cp, tp_group)
+            comm += one * (3 if mode == "full" else 2)
+        if cp_link is not None and p.kv_heads:
+            comm += _ring_attention_exposed(p, b, config, cp_link, attention, seq, precision)
+    boundary = profiles[layers[-1]].boundary_bytes * b / config.cp
+    if config.sequence_parallel:
+        boundary /= config.tp
+    send = _send_time(boundary, pp_link) if config.pp > 1 else 0.0
+    cost = StageCost(forward=fwd + comm / 2, backward=bwd + recompute + comm / 2, send=send)
+    return cost, (fwd + bwd, recompute, comm, send)
+
+
+def _ring_attention_exposed(p: LayerProfile, b: int, config: ParallelConfig, link: CommGroup,
+                            attention: float, seq: int, precision: str) -> float:
+    """Exposed seconds of context parallelism's ring exchange of K and V for one layer.
+
+    Each of the ``cp - 1`` ring steps passes a K/V shard (forward) and K/V plus their
+    gradients (backward) to the next rank, overlapped with that step's attention compute
+    (ring attention); only what outlasts the compute is exposed.
+    """
+    itemsize = 2 if precision in ("bf16", "fp16") else 4
+    kv_heads = max(p.kv_heads // config.tp, 1)
+    shard = 2 * kv_heads * p.head_dim * (seq / config.cp) * itemsize * b
+    step = _send_time(shard, link)
+    forward = max(0.0, (config.cp - 1) * step - attention)
+    backward = max(0.0, (config.cp - 1) * 2 * step - 2 * attention)
+    return forward + backward
+
+
+def _dp_sync(params: float, config: ParallelConfig, group: NodeGroup, precision: str) -> float:
+    """Seconds of one stage's data-parallel synchronisation per step, before any overlap."""
+    if config.dp == 1:
+        return 0.0
+    dp_group = _Placement(group).comm_group(config.dp, config.tp * config.cp)
+    nbytes = params * (2 if precision in ("bf16", "fp16") else 4)
+    if config.zero_stage >= 3:  # reduce-scatter gradients, gather weights forward and backward
+        return reduce_scatter_time(nbytes, dp_group) + 2 * all_gather_time(nbytes, dp_group)
+    if config.zero_stage == 2:
+        return reduce_scatter_time(nbytes, dp_group) + all_gather_time(nbytes, dp_group)
+    return all_reduce_time(nbytes, dp_group)
+
+
+def _stage_memory(profiles: list[LayerProfile], chunks: list[range], stage: int,
+                  config: ParallelConfig, params: float, largest: float, in_flight: int,
+                  precision: str, optimizer: str) -> MemoryBreakdown:
+    weights, grads, opt = model_state_bytes(params, largest, precision=precision,
+                                            optimizer=optimizer, zero_stage=config.zero_stage,
+                                            dp=config.dp)
+    acts = _activation_bytes(profiles, chunks, stage, config, in_flight,
+                             config.micro_batch_size)
+    return peak_memory(weights=weights, gradients=grads, optimizer=opt, activations=acts,
+                       dp=config.dp)
 
 
 def _send_time(nbytes: float, link: CommGroup) -> float:

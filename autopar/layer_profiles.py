@@ -108,6 +108,7 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
             boundary_bytes=layer.boundary_bytes,
             max_heads=max((p.size for p in attention), default=0),
             kv_heads=max((p.kv_heads for p in attention), default=0),
+            head_dim=max((p.head_dim for p in attention), default=0),
             vocab=vocab,
         ))
     return profiles

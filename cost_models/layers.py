@@ -55,6 +55,7 @@ class LayerProfile:
     max_heads: int = 0
     """Attention heads (the tp degree must divide them); 0 for layers without attention."""
     kv_heads: int = 0
+    head_dim: int = 0
     vocab: int = 0
 
     def saved_bytes(self, tp: int, sequence_parallel: bool, *, selective: bool = False) -> float:

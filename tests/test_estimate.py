@@ -92,3 +92,27 @@ def test_tp_must_divide_the_heads() -> None:
     cluster = Cluster.from_profile("dgx-a100", nodes=1)
     with pytest.raises(ConfigError, match="tp=8 does not divide the model's 12 attention heads"):
         estimate(gpt(hidden=768, heads=12), cluster, ParallelConfig(tp=8), global_batch_size=8)
+
+
+def test_heterogeneous_cluster_runs_each_stage_on_its_own_devices() -> None:
+    a100 = Cluster.from_profile("dgx-a100", nodes=1).groups[0]
+    h100 = Cluster.from_profile("dgx-h100", nodes=1).groups[0]
+    mixed = Cluster(name="a100+h100", groups=[a100, h100])
+    est = estimate(gpt(layers=16), mixed, ParallelConfig(pp=2, tp=8), global_batch_size=16)
+    a100_stage, h100_stage = est.stage_times
+    assert h100_stage < a100_stage  # same layers, faster devices
+    all_a100 = Cluster(name="a100x2", groups=[a100, a100.model_copy(update={"name": "more"})])
+    slow = estimate(gpt(layers=16), all_a100, ParallelConfig(pp=2, tp=8), global_batch_size=16)
+    assert est.stage_times[0] == pytest.approx(slow.stage_times[0])
+    with pytest.raises(ConfigError, match="span two node groups"):
+        estimate(gpt(layers=16), mixed, ParallelConfig(pp=1, tp=8, dp=2), global_batch_size=16)
+
+
+def test_context_parallelism_splits_compute_and_pays_for_its_ring() -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    graph = gpt(seq=4096)
+    plain = estimate(graph, cluster, ParallelConfig(dp=8), global_batch_size=8)
+    ring = estimate(graph, cluster, ParallelConfig(dp=2, cp=4), global_batch_size=8)
+    assert ring.memory["activations"] < plain.memory["activations"] / 3
+    # The same work per device either way (8 sequences over 8 devices): no free lunch.
+    assert ring.step_time >= 0.95 * plain.step_time
