@@ -152,7 +152,10 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
         backward = sum(c.backward for c in stage_costs[s::config.pp])
         forward = sum(c.forward for c in stage_costs[s::config.pp])
         overlap = backward if config.zero_stage < 3 else (forward + backward) * m
-        dp_comm = max(dp_comm, max(0.0, _dp_sync(params, config, group, precision) - overlap))
+        layer_params = [profiles[i].params_sharded / config.tp + profiles[i].params_replicated
+                        for c, layers in enumerate(chunks) if c % config.pp == s for i in layers]
+        sync = _dp_sync(layer_params, config, group, precision, m)
+        dp_comm = max(dp_comm, max(0.0, sync - overlap))
         owned = params / (config.dp if config.zero_stage >= 1 else 1)
         device = group.device
         optimizer_time = max(optimizer_time, owned * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (
@@ -263,17 +266,29 @@ def _ring_attention_exposed(p: LayerProfile, b: int, config: ParallelConfig, lin
     return forward + backward
 
 
-def _dp_sync(params: float, config: ParallelConfig, group: NodeGroup, precision: str) -> float:
-    """Seconds of one stage's data-parallel synchronisation per step, before any overlap."""
+def _dp_sync(layer_params: list[float], config: ParallelConfig, group: NodeGroup,
+             precision: str, micro_batches: int) -> float:
+    """Seconds of one stage's data-parallel synchronisation per step, before any overlap.
+
+    ZeRO-0/1 reduce the accumulated gradients once per step (bucketed: one collective's
+    latency). ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every
+    micro-batch and gathers the updated weights once. ZeRO-3/FSDP keeps no full weights either:
+    every micro-batch gathers each layer's weights for the forward and again for the backward,
+    and reduce-scatters its gradients (Rajbhandari et al. 2020, section 7), one collective per
+    layer, each paying the ring's latency (what makes it latency-bound over thousands of ranks).
+    """
     if config.dp == 1:
         return 0.0
     dp_group = _Placement(group).comm_group(config.dp, config.tp * config.cp)
-    nbytes = params * (2 if precision in ("bf16", "fp16") else 4)
-    if config.zero_stage >= 3:  # reduce-scatter gradients, gather weights forward and backward
-        return reduce_scatter_time(nbytes, dp_group) + 2 * all_gather_time(nbytes, dp_group)
+    itemsize = 2 if precision in ("bf16", "fp16") else 4
+    layers = [p * itemsize for p in layer_params if p]
+    if config.zero_stage >= 3:
+        return micro_batches * sum(reduce_scatter_time(n, dp_group)
+                                   + 2 * all_gather_time(n, dp_group) for n in layers)
     if config.zero_stage == 2:
-        return reduce_scatter_time(nbytes, dp_group) + all_gather_time(nbytes, dp_group)
-    return all_reduce_time(nbytes, dp_group)
+        return sum(micro_batches * reduce_scatter_time(n, dp_group)
+                   + all_gather_time(n, dp_group) for n in layers)
+    return all_reduce_time(sum(layers), dp_group)
 
 
 def _stage_memory(profiles: list[LayerProfile], chunks: list[range], stage: int,

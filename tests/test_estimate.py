@@ -116,3 +116,19 @@ def test_context_parallelism_splits_compute_and_pays_for_its_ring() -> None:
     assert ring.memory["activations"] < plain.memory["activations"] / 3
     # The same work per device either way (8 sequences over 8 devices): no free lunch.
     assert ring.step_time >= 0.95 * plain.step_time
+
+
+@pytest.mark.parametrize("zero_stage,worst_ratio", [(0, 0.9), (3, 0.5)])
+def test_strong_scaling_at_a_fixed_batch_loses_efficiency(zero_stage: int,
+                                                           worst_ratio: float) -> None:
+    """The same 512 sequences over 8, 64 and 512 GPUs: compute per GPU shrinks, fixed costs
+    and ZeRO-3's per-layer gathers (every micro-batch, forward and backward) do not."""
+    graph = gpt()
+    tflops = []
+    for nodes in (1, 8, 64):
+        cluster = Cluster.from_profile("dgx-a100", nodes=nodes)
+        config = ParallelConfig(dp=8 * nodes, zero_stage=zero_stage)
+        est = estimate(graph, cluster, config, global_batch_size=512)
+        tflops.append(est.model_tflops_per_device)
+    assert tflops[0] >= tflops[1] > tflops[2]
+    assert tflops[2] < worst_ratio * tflops[0]
