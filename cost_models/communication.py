@@ -173,22 +173,24 @@ def all_reduce_time(nbytes: float, g: CommGroup) -> float:
     return 2 * _half_latency(g) + 2 * (n - 1) / n * nbytes * _ring_seconds_per_byte(g)
 
 
+def _ring_pass(nbytes: float, g: CommGroup) -> float:
+    """One pass of a ring over the group: each rank forwards (n-1)/n of ``nbytes``."""
+    n = g.size
+    if n == 1 or nbytes == 0:
+        return 0.0
+    return _ring_latency(g) + (n - 1) / n * nbytes * _ring_seconds_per_byte(g)
+
+
 def all_gather_time(nbytes_total_output: float, g: CommGroup) -> float:
     """Seconds to all-gather: every rank ends with ``nbytes_total_output`` (n shards)."""
     _check_bytes("all_gather_time nbytes_total_output", nbytes_total_output)
-    n = g.size
-    if n == 1 or nbytes_total_output == 0:
-        return 0.0
-    return _ring_latency(g) + (n - 1) / n * nbytes_total_output * _ring_seconds_per_byte(g)
+    return _ring_pass(nbytes_total_output, g)
 
 
 def reduce_scatter_time(nbytes_total_input: float, g: CommGroup) -> float:
     """Seconds to reduce-scatter ``nbytes_total_input`` per rank into n reduced shards."""
     _check_bytes("reduce_scatter_time nbytes_total_input", nbytes_total_input)
-    n = g.size
-    if n == 1 or nbytes_total_input == 0:
-        return 0.0
-    return _ring_latency(g) + (n - 1) / n * nbytes_total_input * _ring_seconds_per_byte(g)
+    return _ring_pass(nbytes_total_input, g)
 
 
 def all_to_all_time(nbytes_per_rank: float, g: CommGroup) -> float:
