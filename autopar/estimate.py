@@ -167,7 +167,11 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
     tightest = min(range(config.pp), key=headroom.__getitem__)
     worst = memories[tightest]
 
-    bubble = max(0.0, pipeline.step_time - (compute + recompute + tp_comm + send))
+    # The schedule overlaps some sends (interleaved pays 2(p-1) of them in all): report only
+    # what the pipeline exposes beyond the busiest device's work, and the rest as bubble.
+    busy = compute + recompute + tp_comm
+    send = min(send, max(0.0, pipeline.step_time - busy))
+    bubble = max(0.0, pipeline.step_time - busy - send)
     step = pipeline.step_time + dp_comm + optimizer_time
     model_flops = (graph.fwd_flops + graph.bwd_flops) * global_batch_size
     tflops = model_flops / step / config.world_size / 1e12

@@ -132,3 +132,30 @@ def test_strong_scaling_at_a_fixed_batch_loses_efficiency(zero_stage: int,
         tflops.append(est.model_tflops_per_device)
     assert tflops[0] >= tflops[1] > tflops[2]
     assert tflops[2] < worst_ratio * tflops[0]
+
+
+@pytest.mark.parametrize("schedule,virtual", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2),
+                                              ("zero_bubble", 1)])
+def test_every_configuration_gives_a_consistent_breakdown(schedule: str, virtual: int) -> None:
+    """Across schedules, ZeRO stages, recomputation, SP and degrees: parts are non-negative and
+    add up to the step time, and memory is positive."""
+    import itertools
+
+    cluster = Cluster.from_profile("dgx-a100", nodes=2)
+    checked = 0
+    for zero, recompute, sp, pp, tp in itertools.product(
+            [0, 3], ["none", "selective", "full"], [False, True], [1, 2, 4], [1, 2, 8]):
+        if sp and tp == 1:
+            continue
+        try:
+            config = ParallelConfig(dp=16 // (pp * tp), tp=tp, pp=pp, zero_stage=zero,
+                                    recompute=recompute, sequence_parallel=sp,
+                                    schedule=schedule, virtual_stages=virtual)
+            est = estimate(gpt(), cluster, config, global_batch_size=64)
+        except ConfigError:
+            continue
+        checked += 1
+        assert all(v >= 0 for v in est.breakdown.values()), est.breakdown
+        assert sum(est.breakdown.values()) == pytest.approx(est.step_time, rel=1e-9)
+        assert est.peak_memory > 0 and all(m > 0 for m in est.stage_memory)
+    assert checked >= 20
