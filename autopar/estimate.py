@@ -16,7 +16,6 @@ The same functions serve ``estimate()``, the solver and the reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +41,10 @@ master weight, momentum, variance and the gradient, and writes the first three p
 working-precision weight: (4+4+4+2) + (4+4+4+2)."""
 
 
+PRECISIONS = ["bf16", "fp16", "fp32"]
+"""Training precisions the memory and compute models know (mixed precision for bf16/fp16)."""
+
+
 class Estimate(BaseModel):
     """What a configuration is predicted to do: times in seconds, memory in bytes per device."""
 
@@ -63,28 +66,28 @@ class Estimate(BaseModel):
     stage_memory: list[float]
 
 
-@dataclass(frozen=True)
-class _Placement:
-    """Where a configuration's groups of ranks sit on the cluster."""
-
-    group: NodeGroup
-
-    def comm_group(self, size: int, stride: int) -> CommGroup:
-        """Ranks ``stride`` apart, ``size`` of them (Megatron's layout of tp/cp/dp/pp)."""
-        g = self.group
-        per_node = g.devices_per_node
-        ranks_per_node = 1 if stride >= per_node else max(1, min(size, per_node // stride))
-        while size % ranks_per_node:
-            ranks_per_node -= 1
-        rail = g.inter_node.bandwidth * max(g.nics_per_node, 1) / per_node
-        return CommGroup(size=size, ranks_per_node=ranks_per_node,
-                         intra_bandwidth=g.intra_node.bandwidth,
-                         intra_latency=g.intra_node.latency_s,
-                         inter_bandwidth=rail, inter_latency=g.inter_node.latency_s)
+def _comm_group(g: NodeGroup, size: int, stride: int) -> CommGroup:
+    """``size`` ranks ``stride`` apart on node group ``g`` (Megatron's tp/cp/dp/pp layout):
+    how many share a node, and each rank's share of the node's network rails."""
+    per_node = g.devices_per_node
+    ranks_per_node = 1 if stride >= per_node else max(1, min(size, per_node // stride))
+    while size % ranks_per_node:
+        ranks_per_node -= 1
+    rail = g.inter_node.bandwidth * max(g.nics_per_node, 1) / per_node
+    return CommGroup(size=size, ranks_per_node=ranks_per_node,
+                     intra_bandwidth=g.intra_node.bandwidth,
+                     intra_latency=g.intra_node.latency_s,
+                     inter_bandwidth=rail, inter_latency=g.inter_node.latency_s)
 
 
 def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProfile],
-              global_batch_size: int) -> int:
+              global_batch_size: int, precision: str, optimizer: str) -> int:
+    """Refuse what cannot run, saying which part and how to fix it; returns micro-batches."""
+    if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
+        raise ConfigError(f"optimizer={optimizer!r} is not modelled; use one of "
+                          f"{sorted(OPTIMIZER_BYTES_PER_PARAM)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is not modelled; use one of {PRECISIONS}")
     if config.world_size != cluster.world_size:
         raise ConfigError(
             f"dp x tp x pp x cp = {config.dp}x{config.tp}x{config.pp}x{config.cp} = "
@@ -130,7 +133,7 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
     graph = model_or_graph if isinstance(model_or_graph, ModelGraph) else trace(
         model_or_graph, example_inputs)
     profiles = layer_profiles(graph)
-    m = _validate(config, cluster, profiles, global_batch_size)
+    m = _validate(config, cluster, profiles, global_batch_size, precision, optimizer)
     groups = _stage_groups(cluster, config)
     chunks = config.stage_layers(_blocks(graph))
     costs = [_chunk_cost(profiles, layers, config, groups[c % config.pp], precision,
@@ -224,10 +227,9 @@ def _chunk_cost(profiles: list[LayerProfile], layers: range, config: ParallelCon
                 ) -> tuple[StageCost, tuple[float, float, float, float]]:
     """One pipeline chunk per micro-batch: its StageCost and (compute, recompute, tensor- and
     context-parallel communication, send) seconds."""
-    place = _Placement(group)
-    tp_group = place.comm_group(config.tp, 1)
-    cp_link = place.comm_group(2, config.tp) if config.cp > 1 else None
-    pp_link = place.comm_group(2, config.tp * config.cp * config.dp)
+    tp_group = _comm_group(group, config.tp, 1)
+    cp_link = _comm_group(group, 2, config.tp) if config.cp > 1 else None
+    pp_link = _comm_group(group, 2, config.tp * config.cp * config.dp)
     b = config.micro_batch_size
     fwd = bwd = recompute = comm = 0.0
     for i in layers:
@@ -283,7 +285,7 @@ def _dp_sync(layer_params: list[float], config: ParallelConfig, group: NodeGroup
     """
     if config.dp == 1:
         return 0.0
-    dp_group = _Placement(group).comm_group(config.dp, config.tp * config.cp)
+    dp_group = _comm_group(group, config.dp, config.tp * config.cp)
     itemsize = 2 if precision in ("bf16", "fp16") else 4
     layers = [p * itemsize for p in layer_params if p]
     if config.zero_stage >= 3:

@@ -159,3 +159,11 @@ def test_every_configuration_gives_a_consistent_breakdown(schedule: str, virtual
         assert sum(est.breakdown.values()) == pytest.approx(est.step_time, rel=1e-9)
         assert est.peak_memory > 0 and all(m > 0 for m in est.stage_memory)
     assert checked >= 20
+
+
+def test_unknown_precision_or_optimizer_is_a_config_error() -> None:
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    with pytest.raises(ConfigError, match="precision='int4'.*bf16"):
+        estimate(gpt(), cluster, ParallelConfig(dp=8), global_batch_size=8, precision="int4")
+    with pytest.raises(ConfigError, match="optimizer='lion'.*adamw"):
+        estimate(gpt(), cluster, ParallelConfig(dp=8), global_batch_size=8, optimizer="lion")
