@@ -159,7 +159,7 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
                         for c, layers in enumerate(chunks) if c % config.pp == s for i in layers]
         sync = _dp_sync(layer_params, config, group, precision, m)
         dp_comm = max(dp_comm, max(0.0, sync - overlap))
-        owned = params / (config.dp if config.zero_stage >= 1 else 1)
+        owned = params / (config.dp * config.cp if config.zero_stage >= 1 else 1)
         device = group.device
         optimizer_time = max(optimizer_time, owned * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (
             device.memory_bandwidth * device.memory_efficiency))
@@ -283,9 +283,11 @@ def _dp_sync(layer_params: list[float], config: ParallelConfig, group: NodeGroup
     and reduce-scatters its gradients (Rajbhandari et al. 2020, section 7), one collective per
     layer, each paying the ring's latency (what makes it latency-bound over thousands of ranks).
     """
-    if config.dp == 1:
+    if config.dp * config.cp == 1:
         return 0.0
-    dp_group = _comm_group(group, config.dp, config.tp * config.cp)
+    # Context-parallel ranks hold the same weights: gradients are reduced, and a distributed
+    # optimizer sharded, over dp x cp ranks (Megatron-Core's data-parallel-with-cp group).
+    dp_group = _comm_group(group, config.dp * config.cp, config.tp)
     itemsize = 2 if precision in ("bf16", "fp16") else 4
     layers = [p * itemsize for p in layer_params if p]
     if config.zero_stage >= 3:
@@ -302,11 +304,11 @@ def _stage_memory(profiles: list[LayerProfile], chunks: list[range], stage: int,
                   precision: str, optimizer: str) -> MemoryBreakdown:
     weights, grads, opt = model_state_bytes(params, largest, precision=precision,
                                             optimizer=optimizer, zero_stage=config.zero_stage,
-                                            dp=config.dp)
+                                            dp=config.dp * config.cp)
     acts = _activation_bytes(profiles, chunks, stage, config, in_flight,
                              config.micro_batch_size)
     return peak_memory(weights=weights, gradients=grads, optimizer=opt, activations=acts,
-                       dp=config.dp)
+                       dp=config.dp * config.cp)
 
 
 def _send_time(nbytes: float, link: CommGroup) -> float:

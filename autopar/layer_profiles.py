@@ -73,6 +73,9 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
         ops = []
         sharded_params: set[str] = set()
         for name, data in zip(names, nodes, strict=True):
+            # A fused attention op keeps no scores on a GPU, even where the CPU replay fell back
+            # to the math path (sdpa with dropout) and saved them.
+            fused_scores = data["saved_score_bytes"] if data["op_class"] == "attention" else 0
             sharded = _inside(data["module"], regions) or (
                 head and data["op_class"] not in ("normalisation",))
             if sharded:
@@ -83,8 +86,8 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
                 bwd_flops=(data["bwd_flops"] + data["recompute_flops"]) / batch,
                 fwd_bytes=(data["bytes_read"] + data["bytes_written"]) / batch,
                 bwd_bytes=data["bwd_bytes"] / batch,
-                saved_bytes=data["saved_bytes"] / batch,
-                score_bytes=data["saved_score_bytes"] / batch,
+                saved_bytes=(data["saved_bytes"] - fused_scores) / batch,
+                score_bytes=(data["saved_score_bytes"] - fused_scores) / batch,
                 sharded=sharded,
                 attention_core=data["op_class"] == "attention" or name in core,
             ))
