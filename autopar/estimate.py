@@ -30,7 +30,12 @@ from autopar.cost_models.communication import (
     send_recv_time,
 )
 from autopar.cost_models.layers import LayerProfile, layer_time
-from autopar.cost_models.memory import MemoryBreakdown, model_state_bytes, peak_memory
+from autopar.cost_models.memory import (
+    WORKING_BYTES,
+    MemoryBreakdown,
+    model_state_bytes,
+    peak_memory,
+)
 from autopar.cost_models.pipeline import StageCost, simulate
 from autopar.layer_profiles import layer_profiles
 from autopar.tracing import ModelGraph, trace
@@ -39,10 +44,6 @@ OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28.0, "sgd": 16.0}
 """Bytes the optimizer update reads and writes per parameter it owns. AdamW reads an fp32
 master weight, momentum, variance and the gradient, and writes the first three plus the
 working-precision weight: (4+4+4+2) + (4+4+4+2)."""
-
-
-PRECISIONS = ["bf16", "fp16", "fp32"]
-"""Training precisions the memory and compute models know (mixed precision for bf16/fp16)."""
 
 
 class Estimate(BaseModel):
@@ -86,8 +87,9 @@ def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProf
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
         raise ConfigError(f"optimizer={optimizer!r} is not modelled; use one of "
                           f"{sorted(OPTIMIZER_BYTES_PER_PARAM)}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r} is not modelled; use one of {PRECISIONS}")
+    if precision not in WORKING_BYTES:
+        raise ConfigError(f"precision={precision!r} is not modelled; use one of "
+                          f"{list(WORKING_BYTES)}")
     if config.world_size != cluster.world_size:
         raise ConfigError(
             f"dp x tp x pp x cp = {config.dp}x{config.tp}x{config.pp}x{config.cp} = "
@@ -116,11 +118,6 @@ def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProf
     return m
 
 
-def _seq_len(graph: ModelGraph) -> int:
-    shape = graph.input_shapes[0] if graph.input_shapes else ()
-    return int(shape[1]) if len(shape) > 1 else 1
-
-
 def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
              example_inputs: Any = None, global_batch_size: int, precision: str = "bf16",
              optimizer: str = "adamw") -> Estimate:
@@ -137,26 +134,27 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
     groups = _stage_groups(cluster, config)
     chunks = config.stage_layers(_blocks(graph))
     costs = [_chunk_cost(profiles, layers, config, groups[c % config.pp], precision,
-                         _seq_len(graph)) for c, layers in enumerate(chunks)]
+                         graph.seq_len) for c, layers in enumerate(chunks)]
     stage_costs = [cost for cost, _ in costs]
     pipeline = simulate(stage_costs, m, config.schedule, config.virtual_stages)
     per_device = _per_device([part for _, part in costs], config)
     busiest = max(range(config.pp), key=lambda s: sum(per_device[s]))
     compute, recompute, tp_comm, send = (x * m for x in per_device[busiest])
 
-    params_per_stage = [p[0] for p in _per_device([(
-        sum(profiles[i].params_sharded / config.tp + profiles[i].params_replicated
-            for i in layers),) for layers in chunks], config)]
-    largest = max(p.params_sharded / config.tp + p.params_replicated for p in profiles)
+    # Parameters each rank of a device holds, layer by layer (chunk c runs on device c % pp).
+    device_layer_params: list[list[float]] = [[] for _ in range(config.pp)]
+    for c, layers in enumerate(chunks):
+        device_layer_params[c % config.pp] += [profiles[i].params_per_rank(config.tp)
+                                               for i in layers]
+    largest = max(p.params_per_rank(config.tp) for p in profiles)
     dp_comm = optimizer_time = 0.0
     memories: list[MemoryBreakdown] = []
     for s, group in enumerate(groups):
-        params = params_per_stage[s]
+        layer_params = device_layer_params[s]
+        params = sum(layer_params)
         backward = sum(c.backward for c in stage_costs[s::config.pp])
         forward = sum(c.forward for c in stage_costs[s::config.pp])
         overlap = backward if config.zero_stage < 3 else (forward + backward) * m
-        layer_params = [profiles[i].params_sharded / config.tp + profiles[i].params_replicated
-                        for c, layers in enumerate(chunks) if c % config.pp == s for i in layers]
         sync = _dp_sync(layer_params, config, group, precision, m)
         dp_comm = max(dp_comm, max(0.0, sync - overlap))
         owned = params / (config.dp * config.cp if config.zero_stage >= 1 else 1)
@@ -185,7 +183,7 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
                    "pp_comm": send, "bubble": bubble, "dp_comm": dp_comm,
                    "optimizer": optimizer_time},
         samples_per_s=global_batch_size / step,
-        tokens_per_s=global_batch_size * _seq_len(graph) / step,
+        tokens_per_s=global_batch_size * graph.seq_len / step,
         model_tflops_per_device=tflops,
         mfu=tflops * 1e12 / mean_peak,
         peak_memory=worst.total,
@@ -263,7 +261,7 @@ def _ring_attention_exposed(p: LayerProfile, b: int, config: ParallelConfig, lin
     gradients (backward) to the next rank, overlapped with that step's attention compute
     (ring attention); only what outlasts the compute is exposed.
     """
-    itemsize = 2 if precision in ("bf16", "fp16") else 4
+    itemsize = WORKING_BYTES[precision]
     kv_heads = max(p.kv_heads // config.tp, 1)
     shard = 2 * kv_heads * p.head_dim * (seq / config.cp) * itemsize * b
     step = _send_time(shard, link)
@@ -288,8 +286,7 @@ def _dp_sync(layer_params: list[float], config: ParallelConfig, group: NodeGroup
     # Context-parallel ranks hold the same weights: gradients are reduced, and a distributed
     # optimizer sharded, over dp x cp ranks (Megatron-Core's data-parallel-with-cp group).
     dp_group = _comm_group(group, config.dp * config.cp, config.tp)
-    itemsize = 2 if precision in ("bf16", "fp16") else 4
-    layers = [p * itemsize for p in layer_params if p]
+    layers = [p * WORKING_BYTES[precision] for p in layer_params if p]
     if config.zero_stage >= 3:
         return micro_batches * sum(reduce_scatter_time(n, dp_group)
                                    + 2 * all_gather_time(n, dp_group) for n in layers)

@@ -51,28 +51,28 @@ def _tensor_bytes(shape: tuple[int, ...], dtype: str) -> float:
 
 def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
     """One profile per layer of ``graph``; figures per sample."""
-    nodes_of: list[list[dict]] = [[] for _ in graph.layers]
-    for _, data in graph.graph.nodes(data=True):
-        nodes_of[data["layer"]].append(data)
+    nodes_of: list[list[tuple[str, dict]]] = [[] for _ in graph.layers]
+    for name, data in graph.graph.nodes(data=True):
+        nodes_of[data["layer"]].append((name, data))
     owner: dict[str, int] = {}
     for i, nodes in enumerate(nodes_of):
-        for data in nodes:
+        for _, data in nodes:
             for p in data["params"]:
                 owner.setdefault(p, i)
+    owned: list[list[str]] = [[] for _ in graph.layers]
+    for p, i in owner.items():
+        owned[i].append(p)
     batch = graph.batch_size
-    seq = graph.input_shapes[0][1] if graph.input_shapes and len(graph.input_shapes[0]) > 1 else 0
-    profiles = []
+    seq = graph.seq_len
     scores = {name for name, data in graph.graph.nodes(data=True)
               if seq > 1 and tuple(data["shape"][-2:]) == (seq, seq)}
     core = scores | {v for u in scores for v in graph.graph.successors(u)}
-    names_of: list[list[str]] = [[] for _ in graph.layers]
-    for name, data in graph.graph.nodes(data=True):
-        names_of[data["layer"]].append(name)
-    for layer, nodes, names in zip(graph.layers, nodes_of, names_of, strict=True):
+    profiles = []
+    for layer, nodes in zip(graph.layers, nodes_of, strict=True):
         regions, head = _regions(layer)
         ops = []
         sharded_params: set[str] = set()
-        for name, data in zip(names, nodes, strict=True):
+        for name, data in nodes:
             # A fused attention op keeps no scores on a GPU, even where the CPU replay fell back
             # to the math path (sdpa with dropout) and saved them.
             fused_scores = data["saved_score_bytes"] if data["op_class"] == "attention" else 0
@@ -94,24 +94,20 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
         allreduce = 0.0
         for p in layer.tp_patterns:
             if p.kind in ("column_row", "vocab_embedding"):
-                out = [d for d in nodes if d["module"] == p.modules[-1]
+                out = [d for _, d in nodes if d["module"] == p.modules[-1]
                        and d["op_class"] in ("matmul", "embedding")]
                 if out:
                     allreduce += _tensor_bytes(out[-1]["shape"], out[-1]["dtype"]) / batch
-        mine = [p for p, i in owner.items() if i == layer.index]
-        numel = {p: math.prod(graph.param_shapes.get(p, (0,))) for p in mine}
+        numel = {p: math.prod(graph.param_shapes.get(p, (0,))) for p in owned[layer.index]}
         attention = [p for p in layer.tp_patterns if p.kind == "attention"]
-        vocab = max((p.size for p in layer.tp_patterns if p.kind.startswith("vocab")), default=0)
         profiles.append(LayerProfile(
             ops=tuple(ops),
             tp_allreduce_bytes=allreduce,
             params_sharded=sum(n for p, n in numel.items() if p in sharded_params),
             params_replicated=sum(n for p, n in numel.items() if p not in sharded_params),
-            param_bytes=layer.param_bytes,
             boundary_bytes=layer.boundary_bytes,
             max_heads=max((p.size for p in attention), default=0),
             kv_heads=max((p.kv_heads for p in attention), default=0),
             head_dim=max((p.head_dim for p in attention), default=0),
-            vocab=vocab,
         ))
     return profiles

@@ -50,13 +50,15 @@ class LayerProfile:
     backward pass)."""
     params_sharded: int
     params_replicated: int
-    param_bytes: int
     boundary_bytes: float
     max_heads: int = 0
     """Attention heads (the tp degree must divide them); 0 for layers without attention."""
     kv_heads: int = 0
     head_dim: int = 0
-    vocab: int = 0
+
+    def params_per_rank(self, tp: int) -> float:
+        """Parameters one tensor-parallel rank holds: its shard plus the replicated ones."""
+        return self.params_sharded / tp + self.params_replicated
 
     def saved_bytes(self, tp: int, sequence_parallel: bool, *, selective: bool = False) -> float:
         """Activation bytes per sample one TP rank keeps for backward; ``selective`` drops the

@@ -26,6 +26,9 @@ FRAGMENTATION = 0.05
 COMM_BUCKET_BYTES = 2 * 25 * 2**20
 """DDP's two in-flight gradient buckets of 25 MiB (torch DDP ``bucket_cap_mb`` default)."""
 
+WORKING_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+"""Bytes of a weight, gradient or activation element in each training precision."""
+
 _STATE_BYTES = {
     # (weight, gradient, optimizer) bytes per parameter
     ("bf16", "adamw"): (2, 2, 12),

@@ -115,6 +115,12 @@ class ModelGraph:
         return sum(layer.bwd_flops for layer in self.layers)
 
     @property
+    def seq_len(self) -> int:
+        """Sequence length of the traced input (its second dimension; 1 without one)."""
+        shape = self.input_shapes[0] if self.input_shapes else ()
+        return int(shape[1]) if len(shape) > 1 else 1
+
+    @property
     def hardware_flops(self) -> float:
         """FLOPs one training step per sample really executes: model FLOPs plus recompute."""
         return sum(lay.fwd_flops + lay.bwd_flops + lay.recompute_flops for lay in self.layers)
