@@ -8,6 +8,7 @@ embedding or head and the loss computed on its logits). The rest is replicated.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -49,8 +50,21 @@ def _tensor_bytes(shape: tuple[int, ...], dtype: str) -> float:
     return float(math.prod(shape) * itemsize)
 
 
+_CACHE: weakref.WeakKeyDictionary[ModelGraph, list[LayerProfile]] = weakref.WeakKeyDictionary()
+
+
 def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
-    """One profile per layer of ``graph``; figures per sample."""
+    """One profile per layer of ``graph``; figures per sample.
+
+    Computed once per graph (two thirds of an ``estimate`` call otherwise): the solver costs
+    many configurations of one traced model.
+    """
+    if graph not in _CACHE:
+        _CACHE[graph] = _profiles(graph)
+    return _CACHE[graph]
+
+
+def _profiles(graph: ModelGraph) -> list[LayerProfile]:
     nodes_of: list[list[tuple[str, dict]]] = [[] for _ in graph.layers]
     for name, data in graph.graph.nodes(data=True):
         nodes_of[data["layer"]].append((name, data))

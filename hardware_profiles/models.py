@@ -409,12 +409,13 @@ class Cluster(_Profile):
         """True when the groups hold different device types."""
         return any(group.device != self.groups[0].device for group in self.groups[1:])
 
-    def _uniform(self, what: str, values: list[Any], render: list[str]) -> Any:
+    def _uniform(self, what: str) -> Any:
+        """The groups' common value of attribute ``what``; ProfileError listing them if not."""
+        values = [getattr(group, what) for group in self.groups]
         if all(value == values[0] for value in values[1:]):
             return values[0]
-        listing = ", ".join(
-            f"{group.name}: {text}" for group, text in zip(self.groups, render, strict=True)
-        )
+        listing = ", ".join(f"{group.name}: {getattr(value, 'name', value)}"
+                            for group, value in zip(self.groups, values, strict=True))
         raise ProfileError(
             f"cluster {self.name!r} has no single {what}: its groups differ ({listing}); "
             "look at cluster.groups[i] instead",
@@ -424,35 +425,30 @@ class Cluster(_Profile):
     @property
     def devices_per_node(self) -> int:
         """Devices per node, when every group has the same number (else ProfileError)."""
-        values = [group.devices_per_node for group in self.groups]
-        return int(self._uniform("devices_per_node", values, [str(v) for v in values]))
+        return int(self._uniform("devices_per_node"))
 
     @property
     def device(self) -> DeviceProfile:
         """The device profile, when the cluster is not heterogeneous (else ProfileError)."""
-        devices = [group.device for group in self.groups]
-        result: DeviceProfile = self._uniform("device", devices, [d.name for d in devices])
+        result: DeviceProfile = self._uniform("device")
         return result
 
     @property
     def intra_node(self) -> LinkProfile:
         """The intra-node link, when every group has the same one (else ProfileError)."""
-        links = [group.intra_node for group in self.groups]
-        result: LinkProfile = self._uniform("intra_node", links, [link.name for link in links])
+        result: LinkProfile = self._uniform("intra_node")
         return result
 
     @property
     def inter_node(self) -> LinkProfile:
         """The network adapter type, when every group has the same one (else ProfileError)."""
-        links = [group.inter_node for group in self.groups]
-        result: LinkProfile = self._uniform("inter_node", links, [link.name for link in links])
+        result: LinkProfile = self._uniform("inter_node")
         return result
 
     @property
     def nics_per_node(self) -> int:
         """Network adapters per node, when every group has the same number (else ProfileError)."""
-        values = [group.nics_per_node for group in self.groups]
-        return int(self._uniform("nics_per_node", values, [str(v) for v in values]))
+        return int(self._uniform("nics_per_node"))
 
     def summary(self) -> str:
         """One line: ``dgx-h100: 128 nodes x 8 H100-SXM5-80GB (nvlink4-nvswitch in node, ...)``."""
