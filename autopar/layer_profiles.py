@@ -3,6 +3,10 @@
 Decides for each op whether tensor parallelism splits it: ops inside a layer's TP regions are
 split (the module covering a column->row pair, an attention module, a vocabulary-parallel
 embedding or head and the loss computed on its logits). The rest is replicated.
+
+With ``graph.kernels == "fused"`` (the default: what the published runs of tuned stacks
+measure) each chain of memory-bound ops becomes one fused kernel and attention reads GQA's K/V
+in place (``autopar.fusion``); ``"eager"`` costs every traced op as its own kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import weakref
 
 import torch
 
+from autopar import fusion
+from autopar.cost_models.compute import causal_fraction
 from autopar.cost_models.layers import LayerProfile, OpCost
 from autopar.tracing.graph import Layer, ModelGraph
 
@@ -50,21 +56,50 @@ def _tensor_bytes(shape: tuple[int, ...], dtype: str) -> float:
     return float(math.prod(shape) * itemsize)
 
 
-_CACHE: weakref.WeakKeyDictionary[ModelGraph, list[LayerProfile]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[ModelGraph, dict[str, list[LayerProfile]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
     """One profile per layer of ``graph``; figures per sample.
 
-    Computed once per graph (two thirds of an ``estimate`` call otherwise): the solver costs
-    many configurations of one traced model.
+    Computed once per graph and kernel mode (two thirds of an ``estimate`` call otherwise):
+    the solver costs many configurations of one traced model.
     """
-    if graph not in _CACHE:
-        _CACHE[graph] = _profiles(graph)
-    return _CACHE[graph]
+    kernels = getattr(graph, "kernels", "fused")
+    if kernels not in ("fused", "eager"):
+        raise ValueError(f"graph.kernels must be 'fused' or 'eager', got {kernels!r}")
+    cached = _CACHE.setdefault(graph, {})
+    if kernels not in cached:
+        cached[kernels] = _profiles(graph, fused=kernels == "fused")
+    return cached[kernels]
 
 
-def _profiles(graph: ModelGraph) -> list[LayerProfile]:
+def _op_cost(data: dict, batch: int, sharded: bool, core: bool,
+             repeated_kv: tuple[float, float] = (0.0, 0.0)) -> OpCost:
+    """One traced op as its own kernel; ``repeated_kv``: (read, saved) bytes of repeated K/V
+    heads an attention op does not move (``fusion.repeated_kv_bytes``)."""
+    # A fused attention op keeps no scores on a GPU, even where the CPU replay fell back
+    # to the math path (sdpa with dropout) and saved them.
+    fused_scores = data["saved_score_bytes"] if data["op_class"] == "attention" else 0
+    extra_read, extra_saved = repeated_kv
+    # A causal fused attention kernel skips the masked tiles: less time, same model FLOPs.
+    work = causal_fraction(data["shape"][-2]) if data.get("causal") else 1.0
+    return OpCost(
+        op_class=data["op_class"],
+        fwd_flops=data["fwd_flops"] * work / batch,
+        bwd_flops=(data["bwd_flops"] + data["recompute_flops"]) * work / batch,
+        fwd_bytes=(data["bytes_read"] + data["bytes_written"] - extra_read) / batch,
+        # The backward reads K and V and writes their gradients at the stored size.
+        bwd_bytes=max(0.0, data["bwd_bytes"] - 2 * extra_read) / batch,
+        saved_bytes=(data["saved_bytes"] - fused_scores - extra_saved) / batch,
+        score_bytes=(data["saved_score_bytes"] - fused_scores) / batch,
+        sharded=sharded,
+        attention_core=core,
+    )
+
+
+def _profiles(graph: ModelGraph, *, fused: bool = True) -> list[LayerProfile]:
     nodes_of: list[list[tuple[str, dict]]] = [[] for _ in graph.layers]
     for name, data in graph.graph.nodes(data=True):
         nodes_of[data["layer"]].append((name, data))
@@ -81,30 +116,35 @@ def _profiles(graph: ModelGraph) -> list[LayerProfile]:
     scores = {name for name, data in graph.graph.nodes(data=True)
               if seq > 1 and tuple(data["shape"][-2:]) == (seq, seq)}
     core = scores | {v for u in scores for v in graph.graph.successors(u)}
+    grads = fusion.needs_grad(graph.graph) if fused else {}
     profiles = []
     for layer, nodes in zip(graph.layers, nodes_of, strict=True):
         regions, head = _regions(layer)
         ops = []
         sharded_params: set[str] = set()
+        split: dict[str, bool] = {}
         for name, data in nodes:
-            # A fused attention op keeps no scores on a GPU, even where the CPU replay fell back
-            # to the math path (sdpa with dropout) and saved them.
-            fused_scores = data["saved_score_bytes"] if data["op_class"] == "attention" else 0
             sharded = _inside(data["module"], regions) or (
                 head and data["op_class"] not in ("normalisation",))
+            split[name] = sharded
             if sharded:
                 sharded_params.update(data["params"])
-            ops.append(OpCost(
-                op_class=data["op_class"],
-                fwd_flops=data["fwd_flops"] / batch,
-                bwd_flops=(data["bwd_flops"] + data["recompute_flops"]) / batch,
-                fwd_bytes=(data["bytes_read"] + data["bytes_written"]) / batch,
-                bwd_bytes=data["bwd_bytes"] / batch,
-                saved_bytes=(data["saved_bytes"] - fused_scores) / batch,
-                score_bytes=(data["saved_score_bytes"] - fused_scores) / batch,
-                sharded=sharded,
-                attention_core=data["op_class"] == "attention" or name in core,
-            ))
+            if fused and data["op_class"] in fusion.MEMORY_BOUND:
+                continue  # costed below, as part of a fused chain (or free, if an alias)
+            gqa = (fusion.repeated_kv_bytes(graph.graph, name)
+                   if fused and data["op_class"] == "attention" else (0.0, 0.0))
+            ops.append(_op_cost(data, batch, sharded,
+                                data["op_class"] == "attention" or name in core, gqa))
+        if fused:
+            key = {name: (split[name], name in core) for name, _ in nodes}
+            for chain in fusion.chains(graph.graph, list(key), key.__getitem__, grads):
+                first = chain.members[0]
+                ops.append(OpCost(
+                    op_class="elementwise", fwd_flops=0.0, bwd_flops=0.0,
+                    fwd_bytes=chain.fwd_bytes / batch, bwd_bytes=chain.bwd_bytes / batch,
+                    saved_bytes=chain.saved_bytes / batch,
+                    score_bytes=chain.score_bytes / batch, sharded=split[first],
+                    attention_core=first in core))
         allreduce = 0.0
         for p in layer.tp_patterns:
             if p.kind in ("column_row", "vocab_embedding"):

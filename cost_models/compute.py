@@ -3,7 +3,8 @@
 An op takes the longer of its arithmetic time (FLOPs at the device's peak for the dtype, scaled
 by the efficiency a GEMM of that size reaches, which includes its fixed per-kernel time) and its
 memory time (bytes moved at the achievable share of memory bandwidth); memory-bound kernels add
-a launch. Views cost nothing. Fused attention is one
+a launch. Views cost nothing. A causal fused attention kernel skips the masked tiles
+(``causal_fraction``). Fused attention is one
 kernel, costed on its FLOPs at ``ATTENTION_EFFICIENCY`` of the GEMM curve: flash-attention
 kernels reach less of peak than a plain GEMM of the same size. FlashAttention-2 (Dao, 2023,
 abstract) reaches "50-73% of the theoretical maximum FLOPs/s on A100", against roughly 80% for
@@ -23,7 +24,23 @@ found in isolation) that GEMMs sustain inside a training step: clocks throttle u
 sustained load, backward GEMMs use transposed operand layouts, and concurrent kernels and
 communication contend for L2 and memory. One value for every device. Calibrated against the
 20 published DGX A100 runs in shared/calibration (Narayanan et al. 2021; Korthikanti et al.
-2022): mean absolute error 4.0%, worst 9.5% (0.85 gives 5.1%/11.6%, 0.75 under-predicts)."""
+2022) with fused memory-bound chains (autopar.fusion): mean absolute error 4.9%, errors from
+-8.8% to +9.6%; 0.78 gives 4.3% with -10.8%, 0.82 gives 5.8% with +11.4%. The external H100
+set (benchmarks/external.py, not fitted) gives 5.1%, -7.3% to +8.8%."""
+
+
+CAUSAL_TILE = 128
+"""Query/key tile of fused attention kernels (FlashAttention-2's block size on A100/H100)."""
+
+
+def causal_fraction(seq: int) -> float:
+    """Share of the full ``seq x seq`` attention work a causal fused kernel does: it skips the
+    tiles above the diagonal and computes the diagonal ones whole, ``(1 + tile/seq) / 2``
+    (FlashAttention-2, Dao 2023, section 3.1.1). Model FLOPs count the full square; time does
+    not."""
+    if seq <= CAUSAL_TILE:
+        return 1.0
+    return 0.5 * (1 + CAUSAL_TILE / seq)
 
 
 class Device(Protocol):

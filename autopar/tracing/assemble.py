@@ -114,6 +114,8 @@ def expand_runs(records: list[OpRecord], units: list[str], runs: list[Run]
             if any(i in last for i in r.inputs):
                 r.inputs = [last.get(i, i) for i in r.inputs]
                 r.input_bytes = {last.get(i, i): b for i, b in r.input_bytes.items()}
+            if any(i in last for i in r.saved_sources):
+                r.saved_sources = {last.get(i, i): b for i, b in r.saved_sources.items()}
         records = records[:end] + clones + records[end:]
         units = units[:end] + clone_units + units[end:]
     return records, units, copied_from
@@ -243,7 +245,8 @@ def build_graph(model: nn.Module, records: list[OpRecord], units: list[str],
                        recompute_flops=r.recompute_flops,
                        bytes_read=r.bytes_read, bytes_written=r.bytes_written,
                        bwd_bytes=r.bwd_bytes, saved_bytes=r.saved_bytes,
-                       saved_score_bytes=r.saved_score_bytes, shape=r.shape,
+                       saved_score_bytes=r.saved_score_bytes,
+                       saved_sources=dict(r.saved_sources), causal=r.causal, shape=r.shape,
                        dtype=r.dtype, params=tuple(r.params))
     for r in records:
         for i in r.inputs:

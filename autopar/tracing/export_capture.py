@@ -22,7 +22,7 @@ from autopar.tracing.export_passes import eager_causal_attention
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify
 from autopar.tracing.recorder import CostRecorder
-from autopar.tracing.records import OpRecord, call_number, clean_module_path
+from autopar.tracing.records import OpRecord, call_number, clean_module_path, is_causal
 from autopar.tracing.tensors import storage_key, tensor_bytes, tensors_in
 
 _HOP = torch.ops.higher_order
@@ -105,6 +105,7 @@ class _Replay(torch.fx.Interpreter):
                     if a.name in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(n.name, 0),
             calls=calls,
+            causal=op_class == "attention" and is_causal(n.target, n.args, dict(n.kwargs)),
         )
 
 

@@ -79,11 +79,19 @@ class ModelGraph:
     ``graph`` is a ``networkx.DiGraph`` of ATen ops in execution order. Node attributes:
     ``op``, ``module``, ``op_class``, ``layer``, ``fwd_flops``, ``bwd_flops``,
     ``recompute_flops``, ``saved_score_bytes`` (attention scores among the saved bytes),
+    ``saved_sources`` (the node that made each saved tensor -> its bytes), ``causal``
+    (an attention op with ``is_causal``),
     ``bytes_read``,
     ``bytes_written``, ``bwd_bytes``, ``saved_bytes``, ``shape``, ``dtype``, ``params``.
     Edges carry ``bytes``. Node costs are for the traced batch (``batch_size`` samples);
     ``layers`` give the same costs per sample.
     """
+
+    kernels: str = "fused"
+    """How the cost models run the memory-bound ops: ``"fused"`` (each chain of them is one
+    kernel, attention reads GQA's K/V in place, as in Megatron-LM / Transformer Engine or
+    torch.compile; see ``autopar.fusion``) or ``"eager"`` (every traced op is its own kernel,
+    as the traced code runs in eager PyTorch). Set it on a graph before estimating."""
 
     def __init__(self, graph: nx.DiGraph, layers: list[Layer], *, batch_size: int,
                  input_shapes: list[tuple[int, ...]], total_params: int, param_bytes: int,

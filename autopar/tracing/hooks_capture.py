@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_map
 from autopar.tracing.fake_kernels import FakeKernelShims
 from autopar.tracing.op_classes import classify, op_name
 from autopar.tracing.recorder import CostRecorder
-from autopar.tracing.records import OpRecord
+from autopar.tracing.records import OpRecord, is_causal
 from autopar.tracing.routing import ExpectedRouting
 from autopar.tracing.tensors import storage_key, tensor_bytes, tensors_in
 
@@ -120,6 +120,7 @@ class _OpLogger(TorchDispatchMode):
             params=[self.param_names[id(t)] for t in ins if id(t) in self.param_names],
             fwd_flops=self.recorder.fwd_flops.pop(name, 0),
             routed=any(self.routing.is_routed(t) for t in outs),
+            causal=op_class == "attention" and is_causal(func, args, kwargs),
             calls={path: call for path, _, call in self.stack if call},
         ))
         self._pending.append((name, out))

@@ -114,6 +114,10 @@ class CostRecorder(TorchDispatchMode):
         self.bwd_bytes: dict[Hashable, int] = defaultdict(int)
         self.saved_bytes: dict[Hashable, int] = defaultdict(int)
         self.saved_score_bytes: dict[Hashable, int] = defaultdict(int)
+        self.saved_sources: dict[Hashable, dict[Hashable, int]] = defaultdict(dict)
+        """Per saving owner: the owner that made each saved storage -> its bytes (what a
+        fusion model needs to tell a fused chain's inputs from its intermediates)."""
+        self._made_by: dict[int, Hashable] = {}
         self._saved_storages: set[int] = set()
         self._param_storages = set(param_storages)
         self._claimed: set[torch.autograd.graph.Node] = set()
@@ -134,6 +138,14 @@ class CostRecorder(TorchDispatchMode):
                 self.bwd_bytes[self.owner] += sum(tensor_bytes(t) for t in moved)
         else:
             self.fwd_flops[self.owner] += flops
+            # The maker of a storage is the op whose output it first was: views and in-place
+            # ops return an input's storage and keep its maker. Overwriting otherwise handles
+            # addresses reused after a free.
+            in_keys = {storage_key(t) for t in tensors_in(args) + tensors_in(kwargs)}
+            for t in tensors_in(out):
+                key = storage_key(t)
+                if key not in in_keys:
+                    self._made_by[key] = self.owner
         return out
 
     # -- saved activations -------------------------------------------------------------------
@@ -143,6 +155,9 @@ class CostRecorder(TorchDispatchMode):
             self._saved_storages.add(key)
             nbytes = t.untyped_storage().nbytes()
             self.saved_bytes[self.owner] += nbytes
+            sources = self.saved_sources[self.owner]
+            maker = self._made_by.get(key)
+            sources[maker] = sources.get(maker, 0) + nbytes
             if t.dim() >= 3 and t.shape[-1] == t.shape[-2] > 1:
                 # [batch, heads, seq, seq] (or bmm's [batch*heads, seq, seq] view of it):
                 # attention scores or probabilities, what selective recomputation drops.
@@ -190,6 +205,8 @@ class CostRecorder(TorchDispatchMode):
             r.bwd_bytes = self.bwd_bytes.get(r.name, 0)
             r.saved_bytes = self.saved_bytes.get(r.name, 0)
             r.saved_score_bytes = self.saved_score_bytes.get(r.name, 0)
+            r.saved_sources = {str(k): b for k, b in self.saved_sources.get(r.name, {}).items()
+                               if k is not None}
 
     def run_backward(self, outputs: Any) -> None:
         """Backpropagate from the training loss, attributing each backward op to its owner.

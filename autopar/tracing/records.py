@@ -25,6 +25,18 @@ def call_number(key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def is_causal(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an attention op call masks causally (its ``is_causal`` argument): a fused
+    kernel then skips the tiles above the diagonal, about half the work."""
+    if "is_causal" in kwargs:
+        return bool(kwargs["is_causal"])
+    schema = getattr(target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    if "is_causal" in names and names.index("is_causal") < len(args):
+        return bool(args[names.index("is_causal")])
+    return False
+
+
 @dataclass
 class OpRecord:
     """One op of the captured forward graph and what it costs in a training step.
@@ -54,10 +66,15 @@ class OpRecord:
     saved_bytes: int = 0
     saved_score_bytes: int = 0
     """Part of ``saved_bytes`` that is attention scores ([..., seq, seq] tensors)."""
+    saved_sources: dict[str, int] = field(default_factory=dict)
+    """Which op made each tensor this op saved -> its bytes (part of ``saved_bytes``; tensors
+    made outside any recorded op, such as model inputs, are left out)."""
     calls: dict[str, int] = field(default_factory=dict)
     """Which call of each module on the op's stack this is, for modules run more than once
     (a shared layer applied at every depth); first calls are left out."""
     routed: bool = False
+    causal: bool = False
+    """An attention op with a causal mask (``is_causal``)."""
     """Works on the tokens routed to one expert (mixture-of-experts), not on every token."""
 
     @classmethod
@@ -85,5 +102,6 @@ class OpRecord:
         """A copy of this op as it occurs in another block: new id, inputs, module and params."""
         inputs = [rename.get(i, i) for i in self.inputs]
         input_bytes = {rename.get(i, i): b for i, b in self.input_bytes.items()}
+        sources = {rename.get(i, i): b for i, b in self.saved_sources.items()}
         return replace(self, name=name, inputs=inputs, input_bytes=input_bytes, module=module,
-                       params=params)
+                       params=params, saved_sources=sources)
