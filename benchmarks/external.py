@@ -9,7 +9,9 @@ Each model is built on the meta device in bf16 from its published shape (LlamaFo
 a LlamaConfig; GPT-3 as a GPT2LMHeadModel with learned positions, GELU MLP and tied
 embeddings, traced with the default sdpa attention since these are flash/fused-attention
 runs), traced once at batch 1 and the run's sequence length (cached by shape), and estimated on
-the bundled ``dgx-h100`` profile with ``nodes = num_gpus // 8``.
+the bundled ``dgx-h100`` profile with ``nodes = num_gpus // 8``. The graphs are costed with
+the default fusion model (``ModelGraph.kernels = "fused"``, autopar/fusion.py): NeMo runs
+Transformer Engine's fused norms, SwiGLU, rope and GQA attention, not Hugging Face's eager ops.
 
 GPT-3 is traced with attention dropout 0 by default (hidden/embedding dropout stay at 0.1, as
 in the NeMo run). The run does use attention dropout 0.1, inside a fused attention kernel.
