@@ -7,8 +7,11 @@ parallel configuration's step time and memory on a ``Cluster``.
 
 from autopar.cluster import Cluster  # noqa: I001 - after tracing: registers the profiles package
 from autopar.config import ConfigError, ParallelConfig
-from autopar.errors import AutoparError, InputError, SpecError, TraceError
+from autopar.errors import AutoparError, InfeasibleError, InputError, SpecError, TraceError
 from autopar.estimate import Estimate, estimate
+from autopar.plan import Plan, PlanError
+from autopar.planner import plan
+from autopar.solver.constraints import ConstraintError, Constraints
 from autopar.tracing import Layer, ModelGraph, TPPattern, TraceFallbackWarning, trace
 
 __version__ = "0.1.0"
@@ -17,15 +20,21 @@ __all__ = [
     "AutoparError",
     "Cluster",
     "ConfigError",
+    "ConstraintError",
+    "Constraints",
     "Estimate",
+    "InfeasibleError",
     "InputError",
     "Layer",
     "ModelGraph",
     "ParallelConfig",
+    "Plan",
+    "PlanError",
     "SpecError",
     "TPPattern",
     "TraceError",
     "TraceFallbackWarning",
     "estimate",
+    "plan",
     "trace",
 ]

@@ -30,3 +30,7 @@ class TraceError(AutoparError):
         super().__init__(message)
         self.module = module
         self.op = op
+
+
+class InfeasibleError(AutoparError):
+    """No configuration of the model fits the cluster's memory under the constraints."""

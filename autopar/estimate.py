@@ -16,6 +16,7 @@ The same functions serve ``estimate()``, the solver and the reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -131,8 +132,8 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
         model_or_graph, example_inputs)
     profiles = layer_profiles(graph)
     m = _validate(config, cluster, profiles, global_batch_size, precision, optimizer)
-    groups = _stage_groups(cluster, config)
-    chunks = config.stage_layers(_blocks(graph))
+    groups = stage_groups(cluster, config)
+    chunks = config.stage_layers(repeated_blocks(graph))
     costs = [_chunk_cost(profiles, layers, config, groups[c % config.pp], precision,
                          graph.seq_len) for c, layers in enumerate(chunks)]
     stage_costs = [cost for cost, _ in costs]
@@ -155,7 +156,7 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
         backward = sum(c.backward for c in stage_costs[s::config.pp])
         forward = sum(c.forward for c in stage_costs[s::config.pp])
         overlap = backward if config.zero_stage < 3 else (forward + backward) * m
-        sync = _dp_sync(layer_params, config, group, precision, m)
+        sync = dp_sync_time(layer_params, config, group, precision, m)
         dp_comm = max(dp_comm, max(0.0, sync - overlap))
         owned = params / (config.dp * config.cp if config.zero_stage >= 1 else 1)
         device = group.device
@@ -197,7 +198,7 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
     )
 
 
-def _stage_groups(cluster: Cluster, config: ParallelConfig) -> list[NodeGroup]:
+def stage_groups(cluster: Cluster, config: ParallelConfig) -> list[NodeGroup]:
     """The node group each pipeline stage runs on: stages are the outermost dimension, so
     stage ``s`` holds ranks ``s*W/pp .. (s+1)*W/pp - 1`` (node groups in the file's order)."""
     per_stage = config.world_size // config.pp
@@ -220,37 +221,77 @@ def _stage_groups(cluster: Cluster, config: ParallelConfig) -> list[NodeGroup]:
     return stages
 
 
+@dataclass(frozen=True)
+class LayerCost:
+    """Seconds one layer costs one device per micro-batch under a configuration.
+
+    The one place a layer's time is derived: ``estimate`` sums these per pipeline chunk and the
+    solver builds its stage model from the same figures, so the two never disagree.
+    """
+
+    forward: float
+    backward: float
+    attention: float
+    """Forward time of the attention core: what selective recomputation runs again."""
+    tp_allreduce: float
+    """One tensor-parallel all-reduce of the layer (0 without tensor parallelism)."""
+    cp_exposed: float
+    """Exposed context-parallel ring exchange, forward and backward together."""
+
+    def recompute(self, mode: str) -> float:
+        """Extra backward time of recomputing the layer in ``mode``."""
+        return self.forward if mode == "full" else self.attention if mode == "selective" else 0.0
+
+    def comm(self, mode: str) -> float:
+        """Exposed tensor- and context-parallel communication: one all-reduce per column->row
+        pair forward, one backward, and one more forward when the layer is recomputed in full."""
+        return self.tp_allreduce * (3 if mode == "full" else 2) + self.cp_exposed
+
+
+def layer_cost(profile: LayerProfile, config: ParallelConfig, group: NodeGroup, precision: str,
+               seq: int) -> LayerCost:
+    """What one layer costs one device of ``group`` per micro-batch under ``config``."""
+    b = config.micro_batch_size
+    forward, backward, attention = layer_time(
+        profile, b, group.device, precision, tp=config.tp,
+        sequence_parallel=config.sequence_parallel, cp=config.cp)
+    allreduce = 0.0
+    if config.tp > 1 and profile.tp_allreduce_bytes:
+        allreduce = all_reduce_time(profile.tp_allreduce_bytes * b / config.cp,
+                                    _comm_group(group, config.tp, 1))
+    ring = 0.0
+    if config.cp > 1 and profile.kv_heads:
+        ring = _ring_attention_exposed(profile, b, config, _comm_group(group, 2, config.tp),
+                                       attention, seq, precision)
+    return LayerCost(forward, backward, attention, allreduce, ring)
+
+
+def send_time(boundary_bytes: float, config: ParallelConfig, group: NodeGroup) -> float:
+    """Seconds to pass one micro-batch's activations across a pipeline-stage boundary."""
+    if config.pp == 1:
+        return 0.0
+    nbytes = boundary_bytes * config.micro_batch_size / config.cp
+    if config.sequence_parallel:
+        nbytes /= config.tp
+    return _send_time(nbytes, _comm_group(group, 2, config.tp * config.cp * config.dp))
+
+
 def _chunk_cost(profiles: list[LayerProfile], layers: range, config: ParallelConfig,
                 group: NodeGroup, precision: str, seq: int
                 ) -> tuple[StageCost, tuple[float, float, float, float]]:
     """One pipeline chunk per micro-batch: its StageCost and (compute, recompute, tensor- and
     context-parallel communication, send) seconds."""
-    tp_group = _comm_group(group, config.tp, 1)
-    cp_link = _comm_group(group, 2, config.tp) if config.cp > 1 else None
-    pp_link = _comm_group(group, 2, config.tp * config.cp * config.dp)
-    b = config.micro_batch_size
     fwd = bwd = recompute = comm = 0.0
     for i in layers:
-        p = profiles[i]
-        f, bk, attention = layer_time(p, b, group.device, precision, tp=config.tp,
-                                      sequence_parallel=config.sequence_parallel, cp=config.cp)
+        cost = layer_cost(profiles[i], config, group, precision, seq)
         mode = config.recompute_of(i)
-        fwd += f
-        bwd += bk
-        recompute += f if mode == "full" else attention if mode == "selective" else 0.0
-        if config.tp > 1 and p.tp_allreduce_bytes:
-            # One all-reduce per column->row pair forward, one backward, and one more forward
-            # when the layer is recomputed in full.
-            one = all_reduce_time(p.tp_allreduce_bytes * b / config.cp, tp_group)
-            comm += one * (3 if mode == "full" else 2)
-        if cp_link is not None and p.kv_heads:
-            comm += _ring_attention_exposed(p, b, config, cp_link, attention, seq, precision)
-    boundary = profiles[layers[-1]].boundary_bytes * b / config.cp
-    if config.sequence_parallel:
-        boundary /= config.tp
-    send = _send_time(boundary, pp_link) if config.pp > 1 else 0.0
-    cost = StageCost(forward=fwd + comm / 2, backward=bwd + recompute + comm / 2, send=send)
-    return cost, (fwd + bwd, recompute, comm, send)
+        fwd += cost.forward
+        bwd += cost.backward
+        recompute += cost.recompute(mode)
+        comm += cost.comm(mode)
+    send = send_time(profiles[layers[-1]].boundary_bytes, config, group)
+    stage = StageCost(forward=fwd + comm / 2, backward=bwd + recompute + comm / 2, send=send)
+    return stage, (fwd + bwd, recompute, comm, send)
 
 
 def _ring_attention_exposed(p: LayerProfile, b: int, config: ParallelConfig, link: CommGroup,
@@ -270,7 +311,7 @@ def _ring_attention_exposed(p: LayerProfile, b: int, config: ParallelConfig, lin
     return forward + backward
 
 
-def _dp_sync(layer_params: list[float], config: ParallelConfig, group: NodeGroup,
+def dp_sync_time(layer_params: list[float], config: ParallelConfig, group: NodeGroup,
              precision: str, micro_batches: int) -> float:
     """Seconds of one stage's data-parallel synchronisation per step, before any overlap.
 
@@ -302,8 +343,7 @@ def _stage_memory(profiles: list[LayerProfile], chunks: list[range], stage: int,
     weights, grads, opt = model_state_bytes(params, largest, precision=precision,
                                             optimizer=optimizer, zero_stage=config.zero_stage,
                                             dp=config.dp * config.cp)
-    acts = _activation_bytes(profiles, chunks, stage, config, in_flight,
-                             config.micro_batch_size)
+    acts = _activation_bytes(profiles, chunks, stage, config, in_flight)
     return peak_memory(weights=weights, gradients=grads, optimizer=opt, activations=acts,
                        dp=config.dp * config.cp)
 
@@ -318,7 +358,7 @@ def _send_time(nbytes: float, link: CommGroup) -> float:
                           latency=link.inter_latency)
 
 
-def _blocks(graph: ModelGraph) -> list[bool]:
+def repeated_blocks(graph: ModelGraph) -> list[bool]:
     """Which layers are repeated blocks (their signature occurs more than once); a model
     without repeats is all blocks."""
     counts: dict[str, int] = {}
@@ -339,23 +379,33 @@ def _per_device(parts: Sequence[tuple[float, ...]], config: ParallelConfig
     return [tuple(t) for t in totals]
 
 
+def layer_activation(profiles: list[LayerProfile], i: int, config: ParallelConfig,
+                     mode: str) -> tuple[float, float]:
+    """(bytes held per micro-batch in flight, bytes needed while it runs) of layer ``i``.
+
+    A fully recomputed layer holds only its input (the previous layer's output) between its
+    forward and backward, and needs its full activations again while it is recomputed.
+    """
+    p = profiles[i]
+    b = config.micro_batch_size
+    full = p.saved_bytes(config.tp, config.sequence_parallel,
+                         selective=mode == "selective") * b / config.cp
+    if mode != "full":
+        return full, 0.0
+    checkpoint = profiles[i - 1].boundary_bytes if i else 0.0
+    split = config.tp if config.sequence_parallel else 1
+    return checkpoint * b / config.cp / split, full
+
+
 def _activation_bytes(profiles: list[LayerProfile], chunks: list[range], stage: int,
-                      config: ParallelConfig, in_flight: int, b: int) -> float:
+                      config: ParallelConfig, in_flight: int) -> float:
     """Activation bytes device ``stage`` holds at its peak."""
     held = working = 0.0
     for c, layers in enumerate(chunks):
         if c % config.pp != stage:
             continue
         for i in layers:
-            p = profiles[i]
-            mode = config.recompute_of(i)
-            full = p.saved_bytes(config.tp, config.sequence_parallel,
-                                 selective=mode == "selective") * b / config.cp
-            if mode == "full":
-                checkpoint = profiles[i - 1].boundary_bytes if i else 0.0
-                split = config.tp if config.sequence_parallel else 1
-                held += checkpoint * b / config.cp / split
-                working = max(working, full)
-            else:
-                held += full
+            kept, needed = layer_activation(profiles, i, config, config.recompute_of(i))
+            held += kept
+            working = max(working, needed)
     return held * in_flight / config.virtual_stages + working

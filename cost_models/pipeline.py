@@ -30,6 +30,7 @@ each 1/v of a device's layers. For the other schedules ``stages`` are the device
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -264,29 +265,41 @@ def simulate(
             f"virtual_stages={v} needs schedule 'interleaved'; {schedule!r} runs one chunk per "
             "device (pass virtual_stages=1)"
         )
-    if schedule == "interleaved" and v == 1:
-        schedule = "1f1b"  # Megatron runs the plain 1F1B schedule without virtual stages
-    m = micro_batches
-    if schedule == "interleaved":
-        if len(stages) % v:
-            raise PipelineError(
-                f"interleaved needs len(stages) = devices * virtual_stages: {len(stages)} "
-                f"stages is not a multiple of virtual_stages={v}"
-            )
-        p = len(stages) // v
-        if m % p:
-            raise PipelineError(
-                f"interleaved needs micro_batches to be a multiple of the {p} pipeline devices "
-                f"(as Megatron requires); got micro_batches={m}"
-            )
-        orders = [_interleaved_order(d, p, v, m) for d in range(p)]
-    else:
-        p = len(stages)
-        build = _gpipe_order if schedule == "gpipe" else _one_f_one_b_order
-        orders = [build(d, p, m) for d in range(p)]
+    if schedule == "interleaved" and len(stages) % v:
+        raise PipelineError(
+            f"interleaved needs len(stages) = devices * virtual_stages: {len(stages)} "
+            f"stages is not a multiple of virtual_stages={v}"
+        )
+    orders = _orders(schedule, len(stages) // v, micro_batches, v)
     step_time, busy = _Simulation(stages, orders, schedule == "zero_bubble").run()
     return PipelineResult(
         step_time=step_time,
         bubble_time=step_time - max(busy),
         in_flight=[_peak_activations(order) for order in orders],
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def peak_in_flight(schedule: Schedule, devices: int, micro_batches: int,
+                   virtual_stages: int = 1) -> tuple[int, ...]:
+    """Micro-batches (for ``interleaved``: micro-batch chunks) each device holds at its peak.
+
+    The schedule's order alone decides it, whatever the stages cost: what ``simulate``
+    reports as ``in_flight``, without simulating.
+    """
+    orders = _orders(schedule, devices, micro_batches, virtual_stages)
+    return tuple(_peak_activations(order) for order in orders)
+
+
+def _orders(schedule: str, p: int, m: int, v: int) -> list[list[_Op]]:
+    """Each device's operation order under ``schedule`` (validated by ``simulate``)."""
+    if schedule == "interleaved" and v > 1:
+        if m % p:
+            raise PipelineError(
+                f"interleaved needs micro_batches to be a multiple of the {p} pipeline devices "
+                f"(as Megatron requires); got micro_batches={m}"
+            )
+        return [_interleaved_order(d, p, v, m) for d in range(p)]
+    # Megatron runs the plain 1F1B schedule without virtual stages.
+    build = _gpipe_order if schedule == "gpipe" else _one_f_one_b_order
+    return [build(d, p, m) for d in range(p)]

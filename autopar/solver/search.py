@@ -1,0 +1,396 @@
+"""Branch and bound over shapes, with a CP-SAT stage model inside each.
+
+1. Every shape (global degrees, ZeRO stage, sequence parallelism, schedule, micro-batch
+   size) gets a lower bound on its step time and on the memory its devices need in total,
+   from per-layer costs alone (``_shape_bound``). Shapes are visited in bound order.
+2. A shape whose bound is not below the best step time found is pruned, and so is every later
+   one (they are sorted); a shape whose devices cannot hold the model states in total is
+   pruned for memory. Both bounds hold for every split and recomputation, so no pruned shape
+   could have won.
+3. Otherwise its CP-SAT stage model proposes splits in order of their bound; each is costed
+   by ``estimate`` itself, until the bound of the next proposal reaches the best time found.
+
+Without a time limit the result is optimal under the cost model; with one, the gap between the
+best plan and the smallest bound not yet ruled out is reported.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, field
+
+from autopar.cost_models.memory import FRAGMENTATION, FRAMEWORK_BYTES
+
+from autopar.cluster import Cluster
+from autopar.config import ParallelConfig
+from autopar.estimate import Estimate, estimate
+from autopar.layer_profiles import layer_profiles
+from autopar.solver.constraints import Constraints
+from autopar.solver.space import Degrees, Shape, degrees, shapes
+from autopar.solver.stage_model import StageModel
+from autopar.solver.tables import LayerClasses, ShapeTables
+from autopar.tracing import ModelGraph
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Evaluated:
+    """A configuration the search costed with ``estimate``."""
+
+    config: ParallelConfig
+    estimate: Estimate
+
+
+@dataclass
+class SearchStats:
+    """What the search did."""
+
+    families: int = 0
+    """Families of shapes (degrees and micro-batch size) in the space."""
+    shapes: int = 0
+    """Shapes (global configurations) the search expanded and bounded."""
+    pruned_by_time: int = 0
+    pruned_by_memory: int = 0
+    solved: int = 0
+    """Shapes whose stage model was solved."""
+    candidates: int = 0
+    """Splits the stage models proposed and ``estimate`` costed."""
+    solve_time_s: float = 0.0
+    lower_bound: float = 0.0
+    """No configuration's step time is below this (seconds)."""
+    optimal: bool = False
+    timed_out: bool = False
+    """The time limit ended the search before it could prove anything."""
+
+    def gap(self, best: float) -> float:
+        return max(0.0, (best - self.lower_bound) / best) if best > 0 else 0.0
+
+
+@dataclass
+class SearchResult:
+    best: Evaluated | None
+    runners_up: list[Evaluated]
+    stats: SearchStats
+    tables_for_memory: list[ShapeTables] = field(default_factory=list)
+    """The shapes that needed the least memory in total (to explain an infeasible request)."""
+
+
+def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, precision: str,
+           optimizer: str, constraints: Constraints, time_limit_s: float | None,
+           runners_up: int = 3, progress: Progress | None = None) -> SearchResult:
+    """The fastest configuration of ``graph`` on ``cluster`` that fits, under the cost model.
+
+    Best-first: a heap holds families of shapes (their degrees) and single shapes, each with a
+    lower bound; the smallest is expanded (a family into its shapes) or solved (a shape) until
+    the smallest bound left is no better than the best step time found.
+    """
+    start = time.perf_counter()
+    deadline = None if time_limit_s is None else start + time_limit_s
+    profiles = layer_profiles(graph)
+    classes = LayerClasses(graph, profiles)
+    heads = [p.max_heads for p in profiles if p.max_heads]
+    costs: dict[tuple, object] = {}
+    stats = SearchStats()
+    num_layers = len(profiles)
+
+    def tables(shape: Shape) -> ShapeTables:
+        return ShapeTables(graph, profiles, classes, cluster, shape, global_batch_size,
+                           precision, optimizer, constraints.recompute,
+                           constraints.memory_headroom, costs)
+
+    heap: list[tuple[float, tuple, Degrees | Shape, ShapeTables | None]] = []
+    memory_need: list[tuple[float, Shape]] = []
+    for d in degrees(cluster, constraints, global_batch_size=global_batch_size,
+                     num_layers=num_layers, heads=heads, seq_len=graph.seq_len):
+        family = [tables(s) for s in _family_representatives(d, constraints, global_batch_size,
+                                                             num_layers)]
+        if not family:
+            continue
+        stats.families += 1
+        bound, fits, need = _family_bound(family)
+        memory_need.append((need, family[-1].shape))
+        if fits:
+            heapq.heappush(heap, (bound, _order(d), d, None))
+        else:
+            stats.pruned_by_memory += 1
+
+    best: Evaluated | None = None
+    per_shape: dict[Shape, Evaluated] = {}
+    models: dict[Shape, StageModel] = {}
+    stopped_at: float | None = None
+    while heap:
+        bound, _, item, t = heapq.heappop(heap)
+        if best is not None and bound >= best.estimate.step_time:
+            heapq.heappush(heap, (bound, _order(item), item, t))
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            heapq.heappush(heap, (bound, _order(item), item, t))
+            stopped_at = bound
+            break
+        if isinstance(item, Degrees):
+            for shape in shapes(item, constraints, global_batch_size=global_batch_size,
+                                num_layers=num_layers):
+                stats.shapes += 1
+                st = tables(shape)
+                shape_bound, fits, _ = _shape_bound(st)
+                if fits:
+                    heapq.heappush(heap, (max(bound, shape_bound), _order(shape), shape, st))
+                else:
+                    stats.pruned_by_memory += 1
+            continue
+        assert t is not None and isinstance(item, Shape)
+        if item not in models:
+            stats.solved += 1
+            models[item] = StageModel(t)
+        resume = _solve_shape(models[item], t, item, graph, cluster, constraints,
+                              global_batch_size, precision, optimizer, deadline, stats,
+                              per_shape)
+        if resume is not None:
+            # Not done: back on the heap at the bound of what it has left to propose.
+            heapq.heappush(heap, (max(bound, resume), _order(item), item, t))
+        if per_shape.get(item) is not None and (
+                best is None or _key(per_shape[item]) < _key(best)):
+            best = per_shape[item]
+            if progress:
+                progress(f"best so far: {best.estimate.step_time:.3f} s/step, "
+                         f"{_describe(best.config)}")
+    stats.pruned_by_time = sum(1 for _, _, item, _ in heap)
+    stats.solve_time_s = time.perf_counter() - start
+    stats.timed_out = stopped_at is not None
+    if best is not None:
+        stats.optimal = stopped_at is None
+        stats.lower_bound = min([best.estimate.step_time] + [b for b, *_ in heap[:1]])
+    others = sorted((e for e in per_shape.values() if e is not best), key=_key)
+    memory_need.sort(key=lambda x: (x[0], x[1]))
+    lean = [tables(shape) for _, shape in memory_need[:5]]
+    return SearchResult(best, others[:runners_up], stats, lean)
+
+
+def _family_representatives(d: Degrees, constraints: Constraints, global_batch_size: int,
+                            num_layers: int) -> list[Shape]:
+    """One shape per distinct layer-cost setting of a family (with and without sequence
+    parallelism), at the ZeRO stage needing the least memory: enough to bound them all."""
+    out: dict[bool, Shape] = {}
+    for shape in shapes(d, constraints, global_batch_size=global_batch_size,
+                        num_layers=num_layers):
+        held = out.get(shape.sequence_parallel)
+        if held is None or shape.zero_stage > held.zero_stage:
+            out[shape.sequence_parallel] = shape
+    return [out[k] for k in sorted(out)]
+
+
+CANDIDATES_PER_VISIT = 4
+"""Splits one visit to a shape may cost before it goes back on the heap, so that no shape
+whose bound is loose starves the others."""
+
+
+def _solve_shape(model: StageModel, t: ShapeTables, shape: Shape, graph: ModelGraph,
+                 cluster: Cluster, constraints: Constraints, global_batch_size: int,
+                 precision: str, optimizer: str, deadline: float | None, stats: SearchStats,
+                 per_shape: dict[Shape, Evaluated]) -> float | None:
+    """Let the shape's stage model propose splits below the best time found so far, costing
+    each with ``estimate``. Returns None once the shape is exhausted, or the bound of what it
+    has left when this visit's share (or the time limit) ran out."""
+    for _ in range(CANDIDATES_PER_VISIT):
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            return model.last_bound
+        known = [e.estimate.step_time for e in per_shape.values()]
+        candidate, proven = model.solve(min(known, default=None), left)
+        if candidate is None:
+            return None if proven else model.last_bound
+        stats.candidates += 1
+        config = shape.config(
+            layers_per_stage=candidate.layers_per_stage if shape.pp > 1 else None,
+            recompute=_compact(candidate.recompute))
+        est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
+                       precision=precision, optimizer=optimizer)
+        if not _fits(est, constraints.memory_headroom):
+            continue
+        done = Evaluated(config, est)
+        if shape not in per_shape or _key(done) < _key(per_shape[shape]):
+            per_shape[shape] = done
+    return model.last_bound
+
+
+def _order(item: Degrees | Shape) -> tuple:
+    """Among equal bounds: families before their shapes, then fewer stages and smaller tp
+    (less to lose to bubbles and collectives), then the fields in order: deterministic."""
+    kind = 0 if isinstance(item, Degrees) else 1
+    return (kind, item.pp, item.tp, item.cp, astuple(item))
+
+
+def _key(e: Evaluated) -> tuple:
+    """Order of preference: faster, then less memory, then the configuration's own order (so
+    that ties resolve the same way on every run)."""
+    return (e.estimate.step_time, e.estimate.peak_memory, e.config.model_dump_json())
+
+
+def _fits(est: Estimate, headroom: float) -> bool:
+    return est.fits and est.peak_memory <= est.capacity * (1.0 - headroom)
+
+
+def _compact(modes: tuple[str, ...]) -> str | tuple[str, ...]:
+    return modes[0] if len(set(modes)) == 1 else modes
+
+
+def _describe(config: ParallelConfig) -> str:
+    return (f"dp={config.dp} tp={config.tp} pp={config.pp} cp={config.cp} "
+            f"zero={config.zero_stage} {config.schedule}")
+
+
+def _work(t: ShapeTables) -> tuple[float, float, float]:
+    """(least per-micro-batch work of all layers, least critical chain of one micro-batch with
+    weight gradients off it, least optimizer time over the devices), over the device groups
+    and allowed recomputation modes."""
+    s = t.shape
+    key = ("work", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size, s.zero_stage,
+           s.pp)
+    if key in t.costs:
+        return t.costs[key]  # type: ignore[return-value]
+    work = chain = optimizer = math.inf
+    for group in {id(g): g for g in t.groups}.values():
+        figures = t.figures(group)
+        w = c = params = 0.0
+        for cls, size in enumerate(t.classes.size):
+            f = figures[cls]
+            options = [(f.forward(mode), f.backward(mode)) for mode in t.modes]
+            w += size * min(a + b for a, b in options)
+            c += size * min(a + b / 2 for a, b in options)
+            params += size * f.params
+        work, chain = min(work, w), min(chain, c)
+        optimizer = min(optimizer, params * t.optimizer_rate(group) / t.shape.pp)
+    t.costs[key] = (work, chain, optimizer)
+    return work, chain, optimizer
+
+
+def _shape_bound(t: ShapeTables) -> tuple[float, bool, float]:
+    """(step-time lower bound, whether the devices can hold it, bytes per device it needs at
+    least) of one shape, valid for every split and recomputation."""
+    shape, m, p = t.shape, t.micro_batches, t.shape.pp
+    work, zb_chain, optimizer = _work(t)
+    fits, recompute = _least_recompute(t)
+    work += recompute
+    # Every device's share of the work, and the first micro-batch's pass through all layers
+    # (only input gradients for zero-bubble, whose weight gradients wait).
+    pipe = max(m * work / p, zb_chain if shape.schedule == "zero_bubble" else work)
+    if shape.virtual_stages == 1 and p > 1:
+        # Device d needs m * C_d plus the first micro-batch's forward (and, but for
+        # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
+        # their work. The best any split can do equalises these: each stage's work is
+        # (m - phi) / m of the one before, and the first stage's is W phi / (m (1 - r^p)).
+        phi = 1.0 if shape.schedule != "zero_bubble" else _forward_share(t)
+        r = (m - phi) / m
+        pipe = max(pipe, work * phi / (1 - r**p))
+    return pipe + optimizer + _least_dp_exposed(t, work), fits, 0.0
+
+
+def _forward_share(t: ShapeTables) -> float:
+    """The least share of a layer's work that is its forward pass, over classes and modes."""
+    return min(f.forward(mode) / (f.forward(mode) + f.backward(mode))
+               for g in t.groups for f in t.figures(g) for mode in t.modes
+               if f.forward(mode) + f.backward(mode) > 0)
+
+
+def _least_dp_exposed(t: ShapeTables, work: float) -> float:
+    """Some device exposes at least the average of what sync exceeds overlap by."""
+    if t.shape.dp * t.shape.cp == 1:
+        return 0.0
+    figures = t.figures(t.groups[0])
+    sync = sum(size * figures[c].dp_sync for c, size in enumerate(t.classes.size))
+    if t.shape.zero_stage >= 3:
+        overlap = t.micro_batches * sum(
+            size * max(figures[c].forward(mode) + figures[c].backward(mode) for mode in t.modes)
+            for c, size in enumerate(t.classes.size))
+    else:
+        overlap = sum(size * max(figures[c].backward(mode) for mode in t.modes)
+                      for c, size in enumerate(t.classes.size))
+    return max(0.0, sync - overlap) / t.shape.pp
+
+
+def _least_recompute(t: ShapeTables) -> tuple[bool, float]:
+    """Whether activations can fit at all, and the least recomputation time per micro-batch
+    over all layers that makes them fit (a fractional knapsack: a lower bound).
+
+    Device ``d`` holding ``in_flight[d]`` micro-batches can keep at most
+    ``(its free bytes) * v / in_flight[d]`` bytes of one micro-batch's activations; summing
+    over devices, with the model states placed where they cost the least, bounds what all
+    layers together may keep.
+    """
+    per_param, fixed = t.state_bytes_per_param()
+    figures = t.figures(t.groups[0])
+    states = per_param * sum(size * figures[c].params for c, size in enumerate(t.classes.size))
+    v = t.shape.virtual_stages
+    room = sum((t.capacity(g) - fixed - t.buffers) * v / n
+               for g, n in zip(t.groups, t.in_flight, strict=True))
+    room -= states * v / max(t.in_flight)
+    # Each class: its modes as (held bytes, seconds) points; the lower convex hull of the
+    # undominated ones trades bytes for time at increasing prices.
+    held = 0.0
+    segments: list[tuple[float, float]] = []
+    for c, size in enumerate(t.classes.size):
+        f = figures[c]
+        points = sorted({(f.held[mode], f.forward(mode) + f.backward(mode)) for mode in t.modes},
+                        key=lambda x: (x[1], x[0]))
+        frontier = [points[0]]  # fastest first; each next one must hold strictly less
+        for point in points[1:]:
+            if point[0] < frontier[-1][0]:
+                frontier.append(point)
+        hull: list[tuple[float, float]] = []
+        for point in frontier:
+            while len(hull) >= 2 and _slope(hull[-2], hull[-1]) >= _slope(hull[-1], point):
+                hull.pop()
+            hull.append(point)
+        held += size * hull[0][0]
+        segments += [(_slope(a, b), size * (a[0] - b[0]))
+                     for a, b in zip(hull, hull[1:], strict=False)]
+    extra = 0.0
+    excess = held - room
+    for price, saved in sorted(segments):
+        if excess <= 0:
+            break
+        take = min(saved, excess)
+        extra += take * price
+        excess -= take
+    return excess <= 0, extra
+
+
+def _slope(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Seconds per byte saved going from point a to point b (b holds fewer bytes)."""
+    return (b[1] - a[1]) / (a[0] - b[0]) if a[0] > b[0] else math.inf
+
+
+def _family_bound(family: list[ShapeTables]) -> tuple[float, bool, float]:
+    """A lower bound for every shape of a family (its representatives differ only in sequence
+    parallelism), whatever its ZeRO stage, schedule, split and recomputation."""
+    bound, need, fits = math.inf, math.inf, False
+    for t in family:
+        work, zb_chain, optimizer = _work(t)
+        bound = min(bound, max(t.micro_batches * work / t.shape.pp, zb_chain) + optimizer)
+        # The first device holds the most micro-batches; it keeps at least the least
+        # activations of its share of the layers.
+        figures = t.figures(t.groups[0])
+        held = max(t.in_flight) * sum(size * min(figures[c].held[mode] for mode in t.modes)
+                                      for c, size in enumerate(t.classes.size))
+        for zero in {0, 2, t.shape.zero_stage}:
+            if zero <= t.shape.zero_stage:
+                ok, _ = _memory(t, zero, 0.0)
+                fits = fits or ok
+                need = min(need, _memory(t, zero, held)[1])
+    return bound, fits, need
+
+
+def _memory(t: ShapeTables, zero_stage: int, activations: float) -> tuple[bool, float]:
+    """Whether the stages' devices can hold the model states (and ``activations`` in all) at
+    ``zero_stage``, and the bytes per device that needs at least."""
+    per_param, fixed = t.state_bytes_per_param(zero_stage)
+    figures = t.figures(t.groups[0])
+    params = sum(size * figures[c].params for c, size in enumerate(t.classes.size))
+    p = t.shape.pp
+    need = params * per_param + p * (fixed + t.buffers) + activations
+    have = sum(t.capacity(g) for g in t.groups)
+    return need <= have, (need * (1 + FRAGMENTATION) + p * FRAMEWORK_BYTES) / p

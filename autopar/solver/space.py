@@ -1,0 +1,145 @@
+"""The global choices the solver enumerates: one ``Shape`` per combination of degrees, ZeRO
+stage, sequence parallelism, schedule and micro-batch size that can run at all.
+
+Everything a shape fixes is global (the same on every device); what is left for the CP-SAT
+stage model is per layer: where the stage boundaries go and how each layer is recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from autopar.cost_models.pipeline import SCHEDULES
+
+from autopar.cluster import Cluster
+from autopar.config import ConfigError, ParallelConfig
+from autopar.estimate import stage_groups
+from autopar.solver.constraints import Constraints
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    """One point of the global search space (the split and recomputation come later)."""
+
+    tp: int
+    pp: int
+    cp: int
+    dp: int
+    zero_stage: int
+    sequence_parallel: bool
+    schedule: str
+    virtual_stages: int
+    micro_batch_size: int
+
+    def config(self, **per_layer: object) -> ParallelConfig:
+        """The ParallelConfig of this shape, with ``layers_per_stage``/``recompute`` added."""
+        return ParallelConfig(dp=self.dp, zero_stage=self.zero_stage, tp=self.tp,
+                              sequence_parallel=self.sequence_parallel, pp=self.pp,
+                              schedule=self.schedule, virtual_stages=self.virtual_stages,
+                              cp=self.cp, micro_batch_size=self.micro_batch_size,
+                              **per_layer)
+
+    def micro_batches(self, global_batch_size: int) -> int:
+        return global_batch_size // (self.dp * self.micro_batch_size)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _pinned(value: int | None, options: list[int]) -> list[int]:
+    return [o for o in options if value is None or o == value]
+
+
+@dataclass(frozen=True, order=True)
+class Degrees:
+    """The parallel degrees and micro-batch size a family of shapes shares."""
+
+    tp: int
+    pp: int
+    cp: int
+    dp: int
+    micro_batch_size: int
+
+
+def degrees(cluster: Cluster, constraints: Constraints, *, global_batch_size: int,
+            num_layers: int, heads: list[int], seq_len: int) -> Iterator[Degrees]:
+    """Every combination of degrees that can run ``num_layers`` layers on ``cluster``.
+
+    Degrees multiply to the cluster's device count; tp divides every layer's attention heads
+    (and is at most ``max_tp``); cp divides the sequence; dp x micro-batch size divides the
+    global batch; pp leaves at least one layer per stage; on a heterogeneous cluster every
+    stage lies within one node group.
+    """
+    c = constraints
+    world = cluster.world_size
+    head_gcd = math.gcd(*heads) if heads else 0
+    for tp in _pinned(c.tp, _divisors(world)):
+        if (c.max_tp and tp > c.max_tp) or (head_gcd and head_gcd % tp) or (
+                not head_gcd and tp > 1):
+            continue
+        for cp in _pinned(c.cp, _divisors(world // tp)):
+            if seq_len % cp or (cp > 1 and not heads):
+                continue
+            for pp in _pinned(c.pp, _divisors(world // (tp * cp))):
+                dp = world // (tp * cp * pp)
+                if pp > num_layers or (c.dp is not None and dp != c.dp):
+                    continue
+                if global_batch_size % dp or not _stages_fit(cluster, tp, cp, dp, pp):
+                    continue
+                for mbs in _pinned(c.micro_batch_size, _divisors(global_batch_size // dp)):
+                    yield Degrees(tp, pp, cp, dp, mbs)
+
+
+def shapes(d: Degrees, constraints: Constraints, *, global_batch_size: int,
+           num_layers: int) -> Iterator[Shape]:
+    """The shapes of one family: ZeRO stage, sequence parallelism, schedule and virtual
+    stages. Choices that change nothing are not repeated: no ZeRO without data parallelism,
+    one schedule without pipelining, no sequence parallelism without tp; the interleaved
+    schedule needs micro-batches divisible by pp and a layer per chunk."""
+    m = global_batch_size // (d.dp * d.micro_batch_size)
+    yield from _variants(constraints, d.tp, d.pp, d.cp, d.dp, d.micro_batch_size, m,
+                         num_layers)
+
+
+def _variants(c: Constraints, tp: int, pp: int, cp: int, dp: int, mbs: int, m: int,
+              num_layers: int) -> Iterator[Shape]:
+    zeros = [0, 1, 2, 3] if dp * cp > 1 else [0]
+    sps = [False, True] if tp > 1 else [False]
+    for zero in _pinned(c.zero_stage, zeros):
+        for sp in sps:
+            if c.sequence_parallel is not None and sp != c.sequence_parallel:
+                continue
+            for schedule, v in _schedules(c, pp, m, num_layers):
+                yield Shape(tp, pp, cp, dp, zero, sp, schedule, v, mbs)
+
+
+def _schedules(c: Constraints, pp: int, m: int, num_layers: int) -> Iterator[tuple[str, int]]:
+    if pp == 1:
+        if c.schedule in (None, "1f1b") and c.virtual_stages in (None, 1):
+            yield "1f1b", 1
+        return
+    for schedule in SCHEDULES:
+        if c.schedule is not None and schedule != c.schedule:
+            continue
+        if schedule != "interleaved":
+            if c.virtual_stages in (None, 1):
+                yield schedule, 1
+            continue
+        if m % pp:
+            continue
+        for v in range(2, num_layers // pp + 1):
+            if c.virtual_stages is None or v == c.virtual_stages:
+                yield schedule, v
+
+
+def _stages_fit(cluster: Cluster, tp: int, cp: int, dp: int, pp: int) -> bool:
+    if len(cluster.groups) == 1:
+        return True
+    try:
+        stage_groups(cluster, ParallelConfig(tp=tp, cp=cp, dp=dp, pp=pp))
+    except ConfigError:
+        return False
+    return True

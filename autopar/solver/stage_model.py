@@ -1,0 +1,281 @@
+"""The CP-SAT model of one shape: where the pipeline stages split the layers, and how many
+layers of each class every chunk recomputes in each mode.
+
+``StageModel.__init__`` builds the model once; ``StageModel.solve`` solves it under a bound
+and returns one candidate at a time. The objective is a lower bound on the step time
+``estimate`` gives the candidate (a valid bound for every split, so pruning with it is safe):
+
+- pipeline: for every device ``d``, its ``m`` micro-batches of work, plus the first
+  micro-batch's forward through the chunks before its first chunk and that micro-batch's
+  backward back through them (the fill and drain it cannot avoid), plus for GPipe and 1F1B
+  the wait for the first backward that its warm-up forwards cannot cover;
+- the largest exposed data-parallel synchronisation of a device, and the longest optimizer
+  update.
+
+Times are integer nanoseconds and bytes integer bytes, every coefficient rounded down, so the
+objective never exceeds the true bound and the memory constraint never excludes a split that
+fits. The driver (``search.py``) evaluates each candidate with ``estimate``; candidates are
+excluded one by one (a no-good cut) until the bound proves nothing better is left.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ortools.sat.python import cp_model
+
+from autopar.solver.tables import MODES, ShapeTables
+
+NS = 1e9  # integer time unit: nanoseconds
+
+Expr = Any
+"""A CP-SAT linear expression or a plain int (OR-Tools' own stubs cannot express the mix)."""
+
+
+def _ns(seconds: float) -> int:
+    return math.floor(seconds * NS)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A split and per-layer recomputation the model proposes, with its lower bound."""
+
+    layers_per_stage: tuple[int, ...]
+    recompute: tuple[str, ...]
+    bound: float
+    """Lower bound on its step time, seconds."""
+
+
+class StageModel:
+    """CP-SAT model of the split and recomputation of one shape."""
+
+    def __init__(self, tables: ShapeTables, *, minimize_memory: bool = False) -> None:
+        self.t = tables
+        self.model = cp_model.CpModel()
+        self._decisions: list[Expr] = []
+        self._exhausted = False
+        self.last_bound = 0.0
+        """Bound of the last candidate: every later one has at least this bound (seconds)."""
+        classes = tables.layer_class
+        num_layers, k_chunks = len(classes), tables.chunks
+        num_classes = len(tables.representative)
+        p, v, m = tables.shape.pp, tables.shape.virtual_stages, tables.micro_batches
+        md = self.model
+
+        # Chunk boundaries: chunk k holds layers [pos[k], pos[k+1]).
+        self.pos: list[Expr] = [0]
+        for k in range(1, k_chunks):
+            var = md.new_int_var(k, num_layers - (k_chunks - k), f"pos{k}")
+            self.pos.append(var)
+            self._decisions.append(var)
+        self.pos.append(num_layers)
+        for k in range(k_chunks):
+            md.add(self.pos[k + 1] >= self.pos[k] + 1)
+
+        # Layers of each class before each boundary, and so in each chunk.
+        prefix = [[0] * (num_layers + 1) for _ in range(num_classes)]
+        for i, c in enumerate(classes):
+            for cc in range(num_classes):
+                prefix[cc][i + 1] = prefix[cc][i] + (cc == c)
+        before: list[list[Expr]] = []
+        for k in range(k_chunks + 1):
+            row: list[Expr] = []
+            for c in range(num_classes):
+                if k in (0, k_chunks):
+                    row.append(prefix[c][self.pos[k]])
+                else:
+                    var = md.new_int_var(0, prefix[c][-1], f"before{k}_{c}")
+                    md.add_element(self.pos[k], prefix[c], var)
+                    row.append(var)
+            before.append(row)
+        self.count = [[before[k + 1][c] - before[k][c] for c in range(num_classes)]
+                      for k in range(k_chunks)]
+
+        # Recomputed layers per chunk and class; the rest run without recomputation.
+        self.mode_count: list[list[dict[str, Expr]]] = []
+        for k in range(k_chunks):
+            row_modes = []
+            group = tables.groups[k % p]
+            figures = tables.figures(group)
+            for c in range(num_classes):
+                total = prefix[c][-1]
+                counts: dict[str, Expr] = {}
+                for mode in ("selective", "full"):
+                    useful = mode in tables.modes and (
+                        mode == "full" or figures[c].cost.attention > 0
+                        or figures[c].held["selective"] < figures[c].held["none"])
+                    if useful:
+                        var = md.new_int_var(0, total, f"{mode}{k}_{c}")
+                        self._decisions.append(var)
+                        counts[mode] = var
+                    else:
+                        counts[mode] = 0
+                counts["none"] = self.count[k][c] - counts["selective"] - counts["full"]
+                if "none" in tables.modes:
+                    md.add(counts["none"] >= 0)
+                else:
+                    md.add(counts["none"] == 0)
+                row_modes.append(counts)
+            self.mode_count.append(row_modes)
+
+        fwd: list[Expr] = []
+        bwd: list[Expr] = []
+        bwd_input: list[Expr] = []
+        send: list[Expr] = []
+        for k in range(k_chunks):
+            figures = tables.figures(tables.groups[k % p])
+            fwd.append(sum(self.mode_count[k][c][mode] * _ns(figures[c].forward(mode))
+                           for c in range(num_classes) for mode in MODES))
+            bwd.append(sum(self.mode_count[k][c][mode] * _ns(figures[c].backward(mode))
+                           for c in range(num_classes) for mode in MODES))
+            # Zero-bubble's input-gradient half (StageCost's default weight-gradient share).
+            bwd_input.append(sum(self.mode_count[k][c][mode] * _ns(figures[c].backward(mode) / 2)
+                                 for c in range(num_classes) for mode in MODES))
+            if k < k_chunks - 1 and p > 1:
+                table = [0] + [_ns(x) for x in tables.sends(tables.groups[k % p])]
+                var = md.new_int_var(0, max(table), f"send{k}")
+                md.add_element(self.pos[k + 1], table, var)
+                send.append(var)
+            else:
+                send.append(0)
+
+        zero_bubble = tables.shape.schedule == "zero_bubble"
+        horizon = 0
+        for k in range(k_chunks):
+            figures = tables.figures(tables.groups[k % p])
+            horizon += sum(prefix[c][-1] * (_ns(figures[c].forward("full"))
+                                             + _ns(figures[c].backward("full")))
+                           for c in range(num_classes))
+        horizon = horizon * m + 1
+        self.pipe = md.new_int_var(0, horizon, "pipeline")
+        dp_time = md.new_int_var(0, horizon, "dp")
+        opt_time = md.new_int_var(0, horizon, "optimizer")
+        peak = md.new_int_var(0, 2**50, "peak_bytes") if minimize_memory else None
+        per_param, fixed = tables.state_bytes_per_param()
+        for d in range(p):
+            group = tables.groups[d]
+            figures = tables.figures(group)
+            mine = range(d, k_chunks, p)
+            work = sum(fwd[k] + bwd[k] for k in mine)
+            head = sum(fwd[k] + send[k] + (0 if zero_bubble else bwd[k] + send[k])
+                       for k in range(d))
+            pipe = m * work + head
+            if v == 1 and d < p - 1:
+                # GPipe, 1F1B and zero-bubble: before its first backward, device d waits for
+                # the first micro-batch to pass forward and back (input gradients only, for
+                # zero-bubble) through the later stages; only its warm-up forwards (none left
+                # in GPipe) fill that time.
+                back = bwd_input if zero_bubble else bwd
+                chain = sum(fwd[k] + back[k] for k in range(d + 1, p)) + 2 * sum(
+                    send[k] for k in range(d, p - 1))
+                warmup = 0 if tables.shape.schedule == "gpipe" else min(p - d - 1, m - 1)
+                idle = md.new_int_var(0, horizon, f"idle{d}")
+                md.add(idle >= chain - warmup * fwd[d])
+                pipe = pipe + idle
+            md.add(self.pipe >= pipe)
+
+            if tables.shape.dp * tables.shape.cp > 1:
+                sync = sum(self.count[k][c] * _ns(figures[c].dp_sync)
+                           for k in mine for c in range(num_classes))
+                overlap = m * work if tables.shape.zero_stage >= 3 else sum(bwd[k] for k in mine)
+                md.add(dp_time >= sync - overlap)
+            rate = tables.optimizer_rate(group)
+            md.add(opt_time >= sum(self.count[k][c] * _ns(figures[c].params * rate)
+                                   for k in mine for c in range(num_classes)))
+
+            share = tables.in_flight[d] / v
+            held = sum(self.mode_count[k][c][mode] * math.floor(share * figures[c].held[mode])
+                       for k in mine for c in range(num_classes) for mode in MODES)
+            states = sum(self.count[k][c] * math.floor(figures[c].params * per_param)
+                         for k in mine for c in range(num_classes))
+            working = self._working(d, mine, figures)
+            allocated = states + held + working + math.floor(fixed + tables.buffers)
+            if peak is not None:
+                md.add(peak >= allocated)
+            else:
+                md.add(allocated <= math.floor(tables.capacity(group)))
+
+        if peak is not None:
+            md.minimize(peak)
+        else:
+            md.minimize(self.pipe + dp_time + opt_time)
+        self._objective_parts = (self.pipe, dp_time, opt_time)
+
+    def _working(self, d: int, mine: range, figures: list) -> Expr:
+        """Bytes the largest fully recomputed layer of device ``d`` needs while it runs."""
+        if "full" not in self.t.modes:
+            return 0
+        md = self.model
+        working = md.new_int_var(0, 2**50, f"working{d}")
+        for c, fig in enumerate(figures):
+            full = [self.mode_count[k][c]["full"] for k in mine]
+            if all(isinstance(f, int) for f in full):
+                continue
+            used = md.new_bool_var(f"full_used{d}_{c}")
+            limit = len(self.t.layer_class)
+            for f in full:
+                md.add(f <= limit * used)
+            md.add(working >= math.floor(fig.working) * used)
+        return working
+
+    def solve(self, below: float | None, time_limit_s: float | None
+              ) -> tuple[Candidate | None, bool]:
+        """The candidate with the smallest bound, if any bound is below ``below`` seconds.
+
+        Returns (candidate, proven): ``proven`` is False when the time limit stopped the search
+        before it could tell. Each returned candidate is excluded from later solves.
+        """
+        if self._exhausted:
+            return None, True
+        if below is not None:
+            # The bound only tightens from call to call, so it stays in the model.
+            self.model.add(sum(self._objective_parts) <= math.ceil(below * NS) - 1)
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = 0
+        if time_limit_s is not None:
+            solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
+        status = solver.solve(self.model)
+        if status == cp_model.INFEASIBLE:
+            return None, True
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None, False
+        candidate = self._read(solver)
+        self._exclude(solver)
+        return candidate, status == cp_model.OPTIMAL
+
+    def _read(self, solver: cp_model.CpSolver) -> Candidate:
+        t = self.t
+        cuts = [0] + [solver.value(x) for x in self.pos[1:-1]] + [len(t.layer_class)]
+        counts = tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
+        modes: list[str] = []
+        for k in range(t.chunks):
+            left = {(c, mode): solver.value(self.mode_count[k][c][mode])
+                    for c in range(len(t.representative)) for mode in ("full", "selective")}
+            for i in range(cuts[k], cuts[k + 1]):
+                c = t.layer_class[i]
+                for mode in ("full", "selective"):
+                    if left[(c, mode)]:
+                        left[(c, mode)] -= 1
+                        modes.append(mode)
+                        break
+                else:
+                    modes.append("none")
+        bound = solver.objective_value / NS
+        self.last_bound = max(self.last_bound, bound)
+        return Candidate(counts, tuple(modes), bound)
+
+    def _exclude(self, solver: cp_model.CpSolver) -> None:
+        """No-good cut: at least one decision differs from the solution just read."""
+        md = self.model
+        literals = []
+        for var in self._decisions:
+            differs = md.new_bool_var("")
+            md.add(var != solver.value(var)).only_enforce_if(differs)
+            literals.append(differs)
+        if literals:
+            md.add_bool_or(literals)
+        else:
+            self._exhausted = True  # nothing to decide: the one candidate has been seen

@@ -1,0 +1,171 @@
+"""``autopar.plan``: exact under the cost model on spaces small enough to enumerate, constraints,
+determinism and errors."""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+
+import pytest
+import torch
+
+import autopar
+from autopar.cluster import Cluster
+from autopar.config import ConfigError, ParallelConfig
+from autopar.estimate import estimate
+
+
+@cache
+def small_gpt(layers: int = 4) -> autopar.ModelGraph:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=512, n_layer=layers, n_head=8, vocab_size=8000, n_positions=512,
+                        use_cache=False)
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config).to(torch.bfloat16)
+    ids = torch.zeros(1, 512, dtype=torch.long)
+    return autopar.trace(model, (ids,), {"labels": ids})
+
+
+def tight(cluster: Cluster, gib: float) -> Cluster:
+    """The cluster with devices of ``gib`` GiB: memory makes splits and recomputation matter."""
+    groups = [g.model_copy(update={"device": g.device.model_copy(
+        update={"memory_bytes": int(gib * 2**30)})}) for g in cluster.groups]
+    return cluster.model_copy(update={"groups": groups})
+
+
+def _fits(e: autopar.Estimate) -> bool:
+    return e.fits
+
+
+def test_plan_is_the_best_split_and_recomputation_by_brute_force() -> None:
+    """Every contiguous split into 1, 2 or 4 stages and every per-layer choice of recomputation
+    (none/full), costed by estimate(): the plan's step time is the least of those that fit."""
+    graph = small_gpt()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
+    pins = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2, schedule="1f1b",
+                recompute=("none", "full"))
+    plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
+    n = len(graph.layers)
+    best = None
+    for pp in (1, 2, 4, 8):
+        for cuts in itertools.combinations(range(1, n), pp - 1):
+            bounds = (0, *cuts, n)
+            split = tuple(b - a for a, b in itertools.pairwise(bounds))
+            for modes in itertools.product(("none", "full"), repeat=n):
+                config = ParallelConfig(dp=8 // pp, pp=pp, micro_batch_size=2,
+                                        layers_per_stage=split if pp > 1 else None,
+                                        recompute=modes)
+                try:
+                    e = estimate(graph, cluster, config, global_batch_size=16)
+                except ConfigError:
+                    continue
+                if e.fits and (best is None or e.step_time < best):
+                    best = e.step_time
+    assert best is not None
+    assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
+    assert plan.solver.optimal and plan.solver.gap == 0
+
+
+def test_plan_beats_every_uniform_configuration() -> None:
+    """Every uniform configuration (degrees, ZeRO, sp, schedule, virtual stages, micro-batch,
+    one recomputation mode for all layers, Megatron's even split) through estimate()."""
+    graph = small_gpt()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
+    gbs = 16
+    plan = autopar.plan(graph, cluster, global_batch_size=gbs)
+    best = None
+    for tp, pp, cp in itertools.product((1, 2, 4, 8), repeat=3):
+        if 8 % (tp * pp * cp):
+            continue
+        dp = 8 // (tp * pp * cp)
+        for zero, sp, schedule, v, mbs, mode in itertools.product(
+                range(4), (False, True), ("gpipe", "1f1b", "interleaved", "zero_bubble"),
+                (1, 2, 3), (1, 2, 4, 8, 16), ("none", "selective", "full")):
+            try:
+                config = ParallelConfig(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero,
+                                        sequence_parallel=sp, schedule=schedule,
+                                        virtual_stages=v, micro_batch_size=mbs, recompute=mode)
+                e = estimate(graph, cluster, config, global_batch_size=gbs)
+            except ConfigError:
+                continue
+            if e.fits and (best is None or e.step_time < best):
+                best = e.step_time
+    assert best is not None
+    assert plan.estimate.step_time <= best * (1 + 1e-12)
+
+
+def test_stored_estimate_is_estimate_of_the_plan_config() -> None:
+    graph = small_gpt()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.5)
+    plan = autopar.plan(graph, cluster, global_batch_size=32)
+    again = estimate(graph, cluster, plan.config, global_batch_size=32)
+    assert again.model_dump_json() == plan.estimate.model_dump_json()
+    for runner in plan.runners_up:
+        assert runner.estimate.step_time >= plan.estimate.step_time
+
+
+def test_same_inputs_same_bytes(tmp_path) -> None:  # noqa: ANN001
+    graph = small_gpt()
+    cluster = Cluster.from_profile("dgx-a100", nodes=2)
+    a = autopar.plan(graph, cluster, global_batch_size=64)
+    b = autopar.plan(graph, cluster, global_batch_size=64)
+    a.save(tmp_path / "a.json")
+    b.save(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert autopar.Plan.load(tmp_path / "a.json").to_json() == a.to_json()
+
+
+def test_pins_are_obeyed() -> None:
+    graph = small_gpt()
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    plan = autopar.plan(graph, cluster, global_batch_size=32,
+                        constraints={"tp": 2, "schedule": "gpipe", "pp": 2})
+    assert (plan.config.tp, plan.config.pp, plan.config.schedule) == (2, 2, "gpipe")
+    capped = autopar.plan(graph, cluster, global_batch_size=32,
+                          constraints=autopar.Constraints(max_tp=1, micro_batch_size=1))
+    assert capped.config.tp == 1 and capped.config.micro_batch_size == 1
+
+
+def test_headroom_is_kept() -> None:
+    graph = small_gpt()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
+    plan = autopar.plan(graph, cluster, global_batch_size=16,
+                        constraints={"memory_headroom": 0.3})
+    assert plan.estimate.peak_memory <= 0.7 * plan.estimate.capacity
+
+
+def test_nothing_fits_says_what_is_needed_and_what_would_help() -> None:
+    graph = small_gpt()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 1.01)
+    with pytest.raises(autopar.InfeasibleError) as err:
+        autopar.plan(graph, cluster, global_batch_size=16,
+                     constraints={"zero_stage": 0, "tp": 1, "cp": 1, "micro_batch_size": 1,
+                                  "schedule": "1f1b"})
+    message = str(err.value)
+    assert "GiB per device" in message and "more devices" in message
+    assert "ZeRO-3" in message
+
+
+def test_heterogeneous_cluster_places_stages_on_groups() -> None:
+    a100 = Cluster.from_profile("dgx-a100", nodes=1).groups[0]
+    h100 = Cluster.from_profile("dgx-h100", nodes=1).groups[0]
+    cluster = Cluster(name="mixed", groups=[a100, h100])
+    graph = small_gpt(layers=6)
+    plan = autopar.plan(graph, cluster, global_batch_size=32,
+                        constraints={"pp": 2, "tp": 1, "cp": 1, "schedule": "1f1b"})
+    again = estimate(graph, cluster, plan.config, global_batch_size=32)
+    assert again.step_time == plan.estimate.step_time
+    # The H100 stage (second) is faster, so it takes at least as many layers.
+    split = plan.config.layers_per_stage
+    assert split is not None and split[1] >= split[0]
+
+
+def test_bad_constraints_are_refused() -> None:
+    with pytest.raises(autopar.ConstraintError, match="tp"):
+        autopar.Constraints(tp=0)
+    with pytest.raises(autopar.ConstraintError, match="virtual_stages"):
+        autopar.Constraints(virtual_stages=2, schedule="1f1b")
+    with pytest.raises(ConfigError, match="global_batch_size"):
+        autopar.plan(small_gpt(), Cluster.from_profile("dgx-a100", nodes=1),
+                     global_batch_size=0)
