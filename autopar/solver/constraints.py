@@ -47,6 +47,9 @@ class Constraints(BaseModel):
                 f"{'.'.join(str(p) for p in e['loc']) or 'constraints'}={e.get('input')!r}: "
                 f"{e['msg']}" for e in exc.errors())
             raise ConstraintError(f"invalid constraints: {problems}") from None
+        if self.allow_idle_devices:
+            raise ConstraintError("constraints.allow_idle_devices=True is not supported yet: "
+                                  "plan for a cluster of the size you want to use instead")
         if not self.recompute:
             raise ConstraintError("constraints.recompute=() allows no mode; list at least one "
                                   "of 'none', 'selective', 'full'")
