@@ -25,8 +25,8 @@ from dataclasses import astuple, dataclass, field
 from autopar.cost_models.memory import FRAGMENTATION, FRAMEWORK_BYTES
 
 from autopar.cluster import Cluster
-from autopar.config import ParallelConfig
-from autopar.estimate import Estimate, estimate
+from autopar.config import ConfigError, ParallelConfig
+from autopar.estimate import Estimate, estimate, repeated_blocks
 from autopar.layer_profiles import layer_profiles
 from autopar.solver.constraints import Constraints
 from autopar.solver.space import Degrees, Shape, degrees, shapes
@@ -118,8 +118,10 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         else:
             stats.pruned_by_memory += 1
 
-    best: Evaluated | None = None
     per_shape: dict[Shape, Evaluated] = {}
+    _first_plans(heap, tables, constraints, global_batch_size, num_layers, graph, cluster,
+                 precision, optimizer, stats, per_shape, deadline)
+    best = min(per_shape.values(), key=_key, default=None)
     models: dict[Shape, StageModel] = {}
     stopped_at: float | None = None
     while heap:
@@ -145,6 +147,8 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         assert t is not None and isinstance(item, Shape)
         if item not in models:
             stats.solved += 1
+            _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
+                         optimizer, stats, per_shape)
             models[item] = StageModel(t)
         resume = _solve_shape(models[item], t, item, graph, cluster, constraints,
                               global_batch_size, precision, optimizer, deadline, stats,
@@ -183,6 +187,74 @@ def _family_representatives(d: Degrees, constraints: Constraints, global_batch_s
     return [out[k] for k in sorted(out)]
 
 
+FIRST_FAMILIES = 64
+"""Families whose plain configurations are costed before the search (see ``_first_plans``)."""
+
+
+def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
+                 constraints: Constraints, global_batch_size: int, num_layers: int,
+                 graph: ModelGraph, cluster: Cluster, precision: str, optimizer: str,
+                 stats: SearchStats, per_shape: dict[Shape, Evaluated],
+                 deadline: float | None) -> None:
+    """Cost the configurations an expert would try first, in the families an expert would pick
+    and in the most promising ones: for each, Megatron's even split under 1F1B and under
+    interleaving, with the
+    distributed optimizer (ZeRO-1) and with ZeRO-3, sequence parallelism with tp, one
+    recomputation mode for all layers. A good plan known from the start prunes most of the
+    space; the search then only has to prove or improve it. Spends at most a quarter of the
+    time limit."""
+    budget = None if deadline is None else time.perf_counter() + (
+        deadline - time.perf_counter()) / 4
+    families = [item for _, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
+    blocks = sum(repeated_blocks(graph))
+    # Folklore first: tensor parallelism across one node, one sample per micro-batch, no
+    # context parallelism, every pipeline depth; then the families with the best bounds.
+    node = min(g.devices_per_node for g in cluster.groups)
+    node_tp = max((f.tp for f in families if f.tp <= node), default=1)
+    folklore = [f for f in families if (f.tp, f.cp, f.micro_batch_size) == (node_tp, 1, 1)]
+    for family in folklore + [f for f in families[:FIRST_FAMILIES] if f not in folklore]:
+        for shape in shapes(family, constraints, global_batch_size=global_batch_size,
+                            num_layers=num_layers):
+            plain = shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage in (
+                min(1, shape.dp * shape.cp - 1), 3) and (
+                shape.schedule == "1f1b" or (shape.schedule == "interleaved"
+                                             and blocks % (shape.pp * shape.virtual_stages) == 0))
+            if not plain:
+                continue
+            if budget is not None and time.perf_counter() >= budget:
+                return
+            if not _shape_bound(tables(shape))[1]:
+                continue
+            _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
+                         optimizer, stats, per_shape)
+
+
+def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints: Constraints,
+                 global_batch_size: int, precision: str, optimizer: str, stats: SearchStats,
+                 per_shape: dict[Shape, Evaluated]) -> None:
+    """Cost the configuration a person would write first (Megatron's even split, one
+    recomputation mode for every layer, the cheapest that fits): a good plan found early
+    prunes more, and it costs one ``estimate`` per mode."""
+    for mode in ("none", "selective", "full"):
+        if mode not in constraints.recompute:
+            continue
+        try:
+            config = shape.config(recompute=mode)
+            est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
+                           precision=precision, optimizer=optimizer)
+        except ConfigError:
+            return
+        stats.candidates += 1
+        if _fits(est, constraints.memory_headroom):
+            _record(shape, Evaluated(config, est), per_shape)
+            return
+
+
+def _record(shape: Shape, done: Evaluated, per_shape: dict[Shape, Evaluated]) -> None:
+    if shape not in per_shape or _key(done) < _key(per_shape[shape]):
+        per_shape[shape] = done
+
+
 CANDIDATES_PER_VISIT = 4
 """Splits one visit to a shape may cost before it goes back on the heap, so that no shape
 whose bound is loose starves the others."""
@@ -211,9 +283,7 @@ def _solve_shape(model: StageModel, t: ShapeTables, shape: Shape, graph: ModelGr
                        precision=precision, optimizer=optimizer)
         if not _fits(est, constraints.memory_headroom):
             continue
-        done = Evaluated(config, est)
-        if shape not in per_shape or _key(done) < _key(per_shape[shape]):
-            per_shape[shape] = done
+        _record(shape, Evaluated(config, est), per_shape)
     return model.last_bound
 
 

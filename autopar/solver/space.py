@@ -69,18 +69,19 @@ def degrees(cluster: Cluster, constraints: Constraints, *, global_batch_size: in
     """Every combination of degrees that can run ``num_layers`` layers on ``cluster``.
 
     Degrees multiply to the cluster's device count; tp divides every layer's attention heads
-    (and is at most ``max_tp``); cp divides the sequence; dp x micro-batch size divides the
-    global batch; pp leaves at least one layer per stage; on a heterogeneous cluster every
-    stage lies within one node group.
+    where the trace found any (and is at most ``max_tp``); cp divides the sequence; dp x
+    micro-batch size divides the global batch; pp leaves at least one layer per stage; on a
+    heterogeneous cluster every stage lies within one node group.
     """
     c = constraints
     world = cluster.world_size
     head_gcd = math.gcd(*heads) if heads else 0
     for tp in _pinned(c.tp, _divisors(world)):
-        if (c.max_tp and tp > c.max_tp) or (head_gcd and head_gcd % tp) or (
-                not head_gcd and tp > 1):
+        if (c.max_tp and tp > c.max_tp) or (head_gcd and head_gcd % tp):
             continue
         for cp in _pinned(c.cp, _divisors(world // tp)):
+            # Context parallelism is costed by its ring exchange of attention K/V: without
+            # attention found in the trace there is nothing to cost it by.
             if seq_len % cp or (cp > 1 and not heads):
                 continue
             for pp in _pinned(c.pp, _divisors(world // (tp * cp))):
