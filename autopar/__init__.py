@@ -9,6 +9,7 @@ from autopar.cluster import Cluster  # noqa: I001 - after tracing: registers the
 from autopar.config import ConfigError, ParallelConfig
 from autopar.errors import AutoparError, InfeasibleError, InputError, SpecError, TraceError
 from autopar.estimate import Estimate, estimate
+from autopar.executor import ParallelModel, PlanMismatchError, parallelize
 from autopar.plan import Plan, PlanError
 from autopar.planner import plan
 from autopar.solver.constraints import ConstraintError, Constraints
@@ -28,13 +29,16 @@ __all__ = [
     "Layer",
     "ModelGraph",
     "ParallelConfig",
+    "ParallelModel",
     "Plan",
     "PlanError",
+    "PlanMismatchError",
     "SpecError",
     "TPPattern",
     "TraceError",
     "TraceFallbackWarning",
     "estimate",
+    "parallelize",
     "plan",
     "trace",
 ]

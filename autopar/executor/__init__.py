@@ -1,0 +1,9 @@
+"""The executor: apply a ``Plan`` to a model with torch.distributed (DeviceMesh, DTensor tensor
+parallelism, ``torch.distributed.pipelining``, FSDP2 / DDP, ``torch.distributed.checkpoint``)."""
+
+from autopar.executor.errors import CheckpointError, ExecutorError, PlanMismatchError
+from autopar.executor.parallel_model import Optimizers, ParallelModel
+from autopar.executor.parallelize import parallelize
+
+__all__ = ["CheckpointError", "ExecutorError", "Optimizers", "ParallelModel",
+           "PlanMismatchError", "parallelize"]

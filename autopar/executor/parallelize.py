@@ -1,0 +1,125 @@
+"""``autopar.parallelize``: apply a plan to a model on this rank, in one fixed order:
+pipeline split -> tensor parallel -> activation recomputation -> FSDP -> materialise -> DDP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from autopar.executor.ac import apply_ac
+from autopar.executor.dp import apply_ddp, apply_fsdp
+from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
+from autopar.executor.mesh import build_mesh, init_process_group, local_device
+from autopar.executor.parallel_model import ParallelModel
+from autopar.executor.split import Chunk, inner_model, shared_copy
+from autopar.executor.tp import apply_tp, tied_modules
+from autopar.plan import Plan
+from autopar.tracing import ModelGraph
+
+
+def parallelize(model: nn.Module, plan: Plan, *,
+                init_weights: Callable[[nn.Module], None] | None = None,
+                graph: ModelGraph | None = None, example_inputs: Any = None) -> ParallelModel:
+    """Run ``model`` under ``plan`` on this rank of a ``torchrun`` job (or any initialised
+    process group). ``model`` may live on the meta device: each rank then materialises only
+    its own shards, with ``init_weights(module)`` or the modules' ``reset_parameters``.
+
+    ``graph`` (the model's trace) or ``example_inputs`` skip re-tracing / replace the plan's
+    traced input shapes. Raises ``PlanMismatchError`` when the model or the world size is not
+    the plan's.
+    """
+    init_process_group()
+    check_world(plan, dist.get_world_size())
+    layout = layout_of(model, plan, graph=graph, inputs=example_inputs)
+    mesh = build_mesh(layout.mesh_shape)
+    device = local_device()
+    config = layout.config
+    pp_rank = mesh.get_local_rank("pp")
+    chunk_ids = layout.chunks_of(pp_rank) if config.pp > 1 else [0]
+    meta = meta_copy(model)
+    tied = tied_modules(meta)
+    parts: list[nn.Module] = []
+    for c in chunk_ids:
+        part: nn.Module
+        if config.pp > 1:
+            part = Chunk(shared_copy(model), layout.layers, layout.chunks[c], meta, device)
+            root = part.model
+        else:
+            part = root = model
+        live = [layout.layers[i] for i in layout.chunks[c]]
+        apply_tp(root, live, mesh["tp"], tied)
+        apply_ac(root, live, config)
+        if config.dp > 1 and config.zero_stage > 0:
+            apply_fsdp(part, live, mesh["dp"], config.zero_stage, plan.precision)
+        _materialise(part, device, init_weights)
+        if config.dp > 1 and config.zero_stage == 0 and config.tp == 1:
+            part = apply_ddp(part, mesh["dp"])
+        parts.append(part)
+    ties = _tied_groups(model, layout, mesh, parts, chunk_ids)
+    return ParallelModel(parts, chunk_ids, layout, mesh, device, ties)
+
+
+def _materialise(part: nn.Module, device: torch.device,
+                 init_weights: Callable[[nn.Module], None] | None) -> None:
+    """Give meta parameters storage on ``device`` and initialise them (this rank's shards)."""
+    on_meta = any(t.is_meta for t in list(part.parameters()) + list(part.buffers()))
+    if not on_meta:
+        part.to(device)
+        return
+    part.to_empty(device=device)
+    with torch.no_grad():
+        if init_weights is not None:
+            init_weights(part)
+            return
+        for module in part.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
+
+def _tied_groups(model: nn.Module, layout: Layout, mesh: Any, parts: list[nn.Module],
+                 chunk_ids: list[int]) -> list[tuple[list[nn.Parameter], dist.ProcessGroup]]:
+    """Weights shared by layers on different pipeline ranks (a tied embedding and head): the
+    process groups that sum their gradients, and this rank's copies of them."""
+    config = layout.config
+    if config.pp == 1:
+        return []
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    result = []
+    for group_names in names.values():
+        if len(group_names) < 2:
+            continue
+        ranks = sorted({_chunk_of(layout, n) % config.pp for n in group_names} - {None})
+        if len(ranks) < 2:
+            continue
+        mine = []
+        for part in parts:
+            params = dict(inner_model(part).named_parameters(remove_duplicate=False))
+            mine += [params[k] for k in group_names if k in params]
+        # every rank creates every group, in the same order
+        mesh_ranks = mesh.mesh  # (pp, dp, cp, tp) tensor of global ranks
+        for dp in range(config.dp):
+            for cp in range(config.cp):
+                for tp in range(config.tp):
+                    members = [int(mesh_ranks[r, dp, cp, tp]) for r in ranks]
+                    group = dist.new_group(members)
+                    if dist.get_rank() in members and mine:
+                        result.append((mine[:1], group))
+    return result
+
+
+def _chunk_of(layout: Layout, param: str) -> int:
+    best, best_len = 0, -1
+    for c, chunk in enumerate(layout.chunks):
+        for i in chunk:
+            layer = layout.layers[i]
+            for m in [layer.name, *layer.modules]:
+                if m and (param.startswith(m + ".")) and len(m) > best_len:
+                    best, best_len = c, len(m)
+    return best

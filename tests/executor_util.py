@@ -1,0 +1,194 @@
+"""Shared pieces of the executor tests: small models, plans without a solver, and a launcher
+that runs a function on N CPU processes (gloo) and collects what each returns."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import autopar
+from autopar.plan import Plan, SolverStats
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...],
+           out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        result = fn(rank, *args)
+        torch.save(result, os.path.join(out, f"{rank}.pt"))
+    except BaseException:
+        with open(os.path.join(out, f"{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """Run ``fn(rank, *args)`` on ``world`` forked processes; the list of their results."""
+    with tempfile.TemporaryDirectory() as out:
+        ctx = mp.start_processes(_entry, args=(world, free_port(), fn, args, out),
+                                 nprocs=world, join=False, start_method="fork")
+        try:
+            while not ctx.join():
+                pass
+        except Exception as exc:
+            errors = [Path(out, f).read_text() for f in sorted(os.listdir(out))
+                      if f.endswith(".err")]
+            raise RuntimeError("\n".join(errors) or str(exc)) from None
+        return [torch.load(os.path.join(out, f"{r}.pt"), weights_only=False)
+                for r in range(world)]
+
+
+# --- models ---------------------------------------------------------------------------------
+
+def llama(layers: int = 4) -> nn.Module:
+    import transformers as T
+    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                        max_position_embeddings=32, use_cache=False)
+    cfg._attn_implementation = "eager"
+    return T.LlamaForCausalLM(cfg)
+
+
+def gpt2(layers: int = 4) -> nn.Module:
+    import transformers as T
+    cfg = T.GPT2Config(n_embd=32, n_layer=layers, n_head=4, vocab_size=64, n_positions=32,
+                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
+                       bos_token_id=0, eos_token_id=0)
+    cfg._attn_implementation = "eager"
+    return T.GPT2LMHeadModel(cfg)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(),
+                         nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "mlp": mlp}
+SEQ = 8
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS[name]()
+
+
+def data(name: str, batch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    if name == "mlp":
+        return torch.randn(batch, 16, generator=g), torch.randint(0, 8, (batch,), generator=g)
+    ids = torch.randint(0, 64, (batch, SEQ + 1), generator=g)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1))
+
+
+def example(name: str, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    return (data(name, batch, 0)[0],)
+
+
+def graph_of(name: str) -> autopar.ModelGraph:
+    with torch.device("meta"):
+        torch.manual_seed(0)
+        model = MODELS[name]()
+    x = example(name)[0].to("meta")
+    return autopar.trace(model, (x,))
+
+
+def make_plan(graph: autopar.ModelGraph, global_batch: int, **config: Any) -> Plan:
+    """A plan for ``config`` without running the solver (its estimate is ``estimate()``'s)."""
+    from autopar.planner import fingerprint
+
+    cfg = autopar.ParallelConfig(**config)
+    cluster = autopar.Cluster.from_profile("cpu", devices_per_node=cfg.world_size)
+    est = autopar.estimate(graph, cluster, cfg, global_batch_size=global_batch,
+                           precision="fp32", optimizer="sgd")
+    stats = SolverStats(shapes=1, pruned_by_time=0, pruned_by_memory=0, solved=1, candidates=1,
+                        optimal=True, gap=0.0, lower_bound_s=0.0)
+    fields: dict[str, Any] = dict(
+        model=fingerprint(graph), world_size=cfg.world_size, global_batch_size=global_batch,
+        precision="fp32", optimizer="sgd", config=cfg, estimate=est, solver=stats)
+    if Plan.model_fields["cluster"].annotation is str:  # plans before mesh/sharding fields
+        fields["cluster"] = cluster.name
+    else:
+        from autopar.plan_layout import plan_layout  # type: ignore[import-not-found]
+
+        fields["cluster"] = cluster
+        fields.update(plan_layout(graph, cluster, cfg, global_batch, "fp32", "sgd", est))
+    return Plan(**fields)
+
+
+def reference(name: str, global_batch: int, steps: int, lr: float = 0.1
+              ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process training: the losses and the final weights."""
+    model = build(name)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        x, y = data(name, global_batch, step)
+        out = autopar.executor.split.model_output(model(x))
+        loss = loss_fn(out, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_ranks(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph, steps: int,
+                lr: float = 0.1) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """One rank's training under ``plan``: the losses and the full weights it holds."""
+    pm = autopar.parallelize(build(name), plan, graph=graph)
+    opt = pm.build_optimizer(torch.optim.SGD, lr=lr)
+    losses = []
+    for step in range(steps):
+        loss = pm.train_step(data(name, plan.global_batch_size, step), loss_fn)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, pm.full_state_dict()
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def compare(results: list[tuple[list[float], dict[str, torch.Tensor]]],
+            ref: tuple[list[float], dict[str, torch.Tensor]]) -> float:
+    """The largest relative difference of losses and weights from the reference."""
+    ref_losses, ref_weights = ref
+    worst = 0.0
+    merged: dict[str, torch.Tensor] = {}
+    for losses, weights in results:
+        for a, b in zip(losses, ref_losses, strict=True):
+            worst = max(worst, abs(a - b) / abs(b))
+        merged.update(weights)
+    missing = set(ref_weights) - set(merged)
+    assert not missing, f"weights not held by any rank: {sorted(missing)[:5]}"
+    for key, value in ref_weights.items():
+        worst = max(worst, rel_diff(merged[key], value))
+    return worst
