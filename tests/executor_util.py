@@ -142,11 +142,11 @@ def make_plan(graph: autopar.ModelGraph, global_batch: int, **config: Any) -> Pl
     return Plan(**fields)
 
 
-def reference(name: str, global_batch: int, steps: int, lr: float = 0.1
+def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentum: float = 0.0
               ) -> tuple[list[float], dict[str, torch.Tensor]]:
     """Single-process training: the losses and the final weights."""
     model = build(name)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     losses = []
     for step in range(steps):
         x, y = data(name, global_batch, step)
@@ -192,3 +192,28 @@ def compare(results: list[tuple[list[float], dict[str, torch.Tensor]]],
     for key, value in ref_weights.items():
         worst = max(worst, rel_diff(merged[key], value))
     return worst
+
+
+def train_with_checkpoints(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph,
+                           steps: int, root: str, die_at: int | None = None
+                           ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train to ``steps``, resuming from the newest checkpoint under ``root`` and saving one
+    after every step; rank 1 dies just before step ``die_at``."""
+    from autopar.executor import checkpoint
+
+    pm = autopar.parallelize(build(name), plan, graph=graph)
+    opt = pm.build_optimizer(torch.optim.SGD, lr=0.1, momentum=0.9)
+    start = 0
+    last = checkpoint.latest(root)
+    if last is not None:
+        start = checkpoint.load(pm, opt, last)
+    losses = []
+    for step in range(start, steps):
+        if step == die_at and rank == 1:
+            os._exit(1)
+        loss = pm.train_step(data(name, plan.global_batch_size, step), loss_fn)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        checkpoint.save(pm, opt, os.path.join(root, f"step-{step + 1}"), step=step + 1)
+    return losses, pm.full_state_dict()

@@ -1,9 +1,10 @@
 """The executor: apply a ``Plan`` to a model with torch.distributed (DeviceMesh, DTensor tensor
 parallelism, ``torch.distributed.pipelining``, FSDP2 / DDP, ``torch.distributed.checkpoint``)."""
 
+from autopar.executor import checkpoint
 from autopar.executor.errors import CheckpointError, ExecutorError, PlanMismatchError
 from autopar.executor.parallel_model import Optimizers, ParallelModel
 from autopar.executor.parallelize import parallelize
 
-__all__ = ["CheckpointError", "ExecutorError", "Optimizers", "ParallelModel",
+__all__ = ["CheckpointError", "checkpoint", "ExecutorError", "Optimizers", "ParallelModel",
            "PlanMismatchError", "parallelize"]
