@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the summary and every layer as JSON instead of a table")
     inspect.set_defaults(run=_inspect)
     cli_estimate.add_parser(commands, _model_args, _positive_int, _estimate)
+    from autopar import cli_run  # the executor's launcher
+    cli_run.add_parser(commands)
     return parser
 
 
