@@ -15,6 +15,16 @@ from autopar.errors import AutoparError
 from autopar.plan import Plan
 
 
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--master-addr", default="MASTER_HOST",
+                   help="address of node 0 in the printed multi-node commands")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--node-rank", type=int, default=None,
+                   help="run this node's command of a multi-node plan here")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the commands without running anything")
+
+
 def add_parser(commands: Any) -> None:
     """Register the ``run`` subcommand."""
     p = commands.add_parser(
@@ -25,13 +35,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument("plan", help="plan JSON file (from `autopar plan`)")
     p.add_argument("script", nargs=argparse.REMAINDER,
                    help="-- train.py [args]: the script and its arguments")
-    p.add_argument("--master-addr", default="MASTER_HOST",
-                   help="address of node 0 in the printed multi-node commands")
-    p.add_argument("--master-port", type=int, default=29500)
-    p.add_argument("--node-rank", type=int, default=None,
-                   help="run this node's command of a multi-node plan here")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the commands without running anything")
+    _options(p)
     p.set_defaults(run=run)
 
 
@@ -60,7 +64,16 @@ def torchrun_commands(plan_path: str, plan: Plan, script: list[str], master_addr
 
 
 def run(args: argparse.Namespace) -> int:
-    script = [a for a in args.script if a != "--"] if args.script[:1] == ["--"] else args.script
+    script = list(args.script)
+    if "--" in script:  # options given after the plan, before "--"
+        cut = script.index("--")
+        own = argparse.ArgumentParser(prog="autopar run", add_help=False)
+        _options(own)
+        try:
+            own.parse_args(script[:cut], namespace=args)
+        except SystemExit:
+            raise AutoparError(f"unknown options before --: {script[:cut]}") from None
+        script = script[cut + 1:]
     if not script:
         raise AutoparError("no training script given: use `autopar run plan.json -- train.py`")
     plan_path = os.path.abspath(args.plan)
