@@ -31,6 +31,7 @@ each 1/v of a device's layers. For the other schedules ``stages`` are the device
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import numbers
 from collections.abc import Sequence
@@ -203,8 +204,14 @@ class _Simulation:
             return self.next_op(dev, free[dev], pos[dev], pending_w[dev], in_flight[dev])
 
         plans = [plan(dev) for dev in range(n)]
+        # Devices by the start of their next op (earliest, then lowest index); an entry whose
+        # start no longer matches its device's plan is stale and skipped.
+        queue = [(p[0], dev) for dev, p in enumerate(plans)]
+        heapq.heapify(queue)
         while left:
-            d = min(range(n), key=lambda dev: plans[dev][0])
+            key, d = heapq.heappop(queue)
+            if key != plans[d][0]:
+                continue
             start, op = plans[d]
             if op is None:  # cannot happen for the orders built here; guards against a hang
                 raise RuntimeError("pipeline schedule deadlocked: no device can start an op")
@@ -225,6 +232,7 @@ class _Simulation:
             # Only this device and the neighbours that consume its output can change plans.
             for dev in {d, (d - 1) % n, (d + 1) % n}:
                 plans[dev] = plan(dev)
+                heapq.heappush(queue, (plans[dev][0], dev))
         return max(free), busy
 
 
@@ -303,3 +311,41 @@ def _orders(schedule: str, p: int, m: int, v: int) -> list[list[_Op]]:
     # Megatron runs the plain 1F1B schedule without virtual stages.
     build = _gpipe_order if schedule == "gpipe" else _one_f_one_b_order
     return [build(d, p, m) for d in range(p)]
+
+
+@dataclass(frozen=True)
+class TimedOp:
+    """One operation of a simulated schedule: when it ran on which device."""
+
+    kind: str  # "F" forward, "B" backward (for zero_bubble: input gradient), "W" weight gradient
+    device: int  # pipeline device (stage) that ran it
+    chunk: int  # virtual stage in model order (== device without interleaving)
+    micro_batch: int
+    start: float
+    end: float
+    send: float  # seconds its output then travels to the next (F) or previous (B) stage
+
+
+def timeline(
+    stages: Sequence[StageCost], micro_batches: int, schedule: Schedule, virtual_stages: int = 1
+) -> list[TimedOp]:
+    """Every operation of the schedule ``simulate`` runs, with its start and end, sorted by
+    device then start time: what a pipeline timeline draws. The latest end is exactly
+    ``simulate(...).step_time`` (the same simulation; ``simulate`` itself is unchanged)."""
+    simulate(stages, micro_batches, schedule, virtual_stages)  # validates the inputs
+    p = len(stages) // virtual_stages
+    orders = _orders(schedule, p, micro_batches, virtual_stages)
+    sim = _Simulation(stages, orders, schedule == "zero_bubble")
+    sim.run()
+    ops = []
+    last = len(stages) - 1
+    for op, end in sim.finish.items():
+        kind, k, i = op
+        if kind == "F":
+            send = stages[k].send if k < last else 0.0
+        elif kind == "B":
+            send = stages[k - 1].send if k > 0 else 0.0
+        else:
+            send = 0.0
+        ops.append(TimedOp(kind, k % p, k, i, end - sim.duration(op), end, send))
+    return sorted(ops, key=lambda o: (o.device, o.start, o.end))

@@ -36,6 +36,10 @@ from autopar.tracing import ModelGraph
 
 Progress = Callable[[str], None]
 
+ROUNDING = 1e-9
+"""Relative margin taken off every bound: it sums the same figures as ``estimate`` in another
+order, and a bound a rounding error above the truth could prune the best plan."""
+
 
 @dataclass
 class Evaluated:
@@ -187,46 +191,60 @@ def _family_representatives(d: Degrees, constraints: Constraints, global_batch_s
     return [out[k] for k in sorted(out)]
 
 
-FIRST_FAMILIES = 64
-"""Families whose plain configurations are costed before the search (see ``_first_plans``)."""
-
-
 def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                  constraints: Constraints, global_batch_size: int, num_layers: int,
                  graph: ModelGraph, cluster: Cluster, precision: str, optimizer: str,
                  stats: SearchStats, per_shape: dict[Shape, Evaluated],
                  deadline: float | None) -> None:
-    """Cost the configurations an expert would try first, in the families an expert would pick
-    and in the most promising ones: for each, Megatron's even split under 1F1B and under
-    interleaving, with the
-    distributed optimizer (ZeRO-1) and with ZeRO-3, sequence parallelism with tp, one
-    recomputation mode for all layers. A good plan known from the start prunes most of the
-    space; the search then only has to prove or improve it. Spends at most a quarter of the
-    time limit."""
-    budget = None if deadline is None else time.perf_counter() + (
-        deadline - time.perf_counter()) / 4
+    """Cost, before the search, the plain configurations a person would try first: Megatron's
+    even split, one recomputation mode for every layer (the cheapest that fits), sequence
+    parallelism with tp, the distributed optimizer (ZeRO-1). A good plan known from the
+    start prunes most of the space; the search then only has to prove or improve it.
+
+    1. Folklore, always: one sample per micro-batch, and either no pipeline or tensor
+       parallelism across one node or half of one with context parallelism of 1 or 2 at every
+       pipeline depth; 1F1B and interleaving with every chunk
+       count that splits the blocks evenly (as Megatron-LM requires).
+    2. Then every family in bound order, the same configurations (with ZeRO-3 where ZeRO-1
+       does not fit), while half the time limit lasts.
+    """
     families = [item for _, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
     blocks = sum(repeated_blocks(graph))
-    # Folklore first: tensor parallelism across one node, one sample per micro-batch, no
-    # context parallelism, every pipeline depth; then the families with the best bounds.
     node = min(g.devices_per_node for g in cluster.groups)
     node_tp = max((f.tp for f in families if f.tp <= node), default=1)
-    folklore = [f for f in families if (f.tp, f.cp, f.micro_batch_size) == (node_tp, 1, 1)]
-    for family in folklore + [f for f in families[:FIRST_FAMILIES] if f not in folklore]:
+    folklore = [f for f in families if f.micro_batch_size == 1 and (
+        f.pp == 1 or (f.cp in (1, 2) and f.tp in (node_tp, node_tp // 2)))]
+
+    def megatron(shape: Shape, zero: int) -> bool:
+        chunks = shape.pp * shape.virtual_stages
+        even = shape.schedule == "1f1b" or (shape.schedule == "interleaved"
+                                            and blocks % chunks == 0)
+        return even and shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage == zero
+
+    def cost_family(family: Degrees, zero: int) -> bool:
+        """Cost the family's Megatron-style configurations at ``zero``; whether any fitted."""
+        found = False
         for shape in shapes(family, constraints, global_batch_size=global_batch_size,
                             num_layers=num_layers):
-            plain = shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage in (
-                min(1, shape.dp * shape.cp - 1), 3) and (
-                shape.schedule == "1f1b" or (shape.schedule == "interleaved"
-                                             and blocks % (shape.pp * shape.virtual_stages) == 0))
-            if not plain:
+            if not megatron(shape, zero):
                 continue
-            if budget is not None and time.perf_counter() >= budget:
-                return
-            if not _shape_bound(tables(shape))[1]:
-                continue
-            _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
-                         optimizer, stats, per_shape)
+            bound, fits, _ = _shape_bound(tables(shape))
+            best = min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
+            if fits and bound < best:  # what the bound rules out cannot beat the best so far
+                _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
+                             optimizer, stats, per_shape)
+                found = found or shape in per_shape
+        return found
+
+    for family in folklore:
+        cost_family(family, min(1, family.dp * family.cp - 1))
+    budget = None if deadline is None else time.perf_counter() + (
+        deadline - time.perf_counter()) / 2
+    for family in families:
+        if budget is not None and time.perf_counter() >= budget:
+            return
+        if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1)):
+            cost_family(family, 3)
 
 
 def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints: Constraints,
@@ -356,7 +374,8 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool, float]:
         phi = 1.0 if shape.schedule != "zero_bubble" else _forward_share(t)
         r = (m - phi) / m
         pipe = max(pipe, work * phi / (1 - r**p))
-    return pipe + optimizer + _least_dp_exposed(t, work), fits, 0.0
+    bound = pipe + optimizer + _least_dp_exposed(t, work)
+    return bound * (1 - ROUNDING), fits, 0.0
 
 
 def _forward_share(t: ShapeTables) -> float:
@@ -451,7 +470,7 @@ def _family_bound(family: list[ShapeTables]) -> tuple[float, bool, float]:
                 ok, _ = _memory(t, zero, 0.0)
                 fits = fits or ok
                 need = min(need, _memory(t, zero, held)[1])
-    return bound, fits, need
+    return bound * (1 - ROUNDING), fits, need
 
 
 def _memory(t: ShapeTables, zero_stage: int, activations: float) -> tuple[bool, float]:

@@ -1,9 +1,9 @@
 """Per-layer figures of one shape, grouped into classes of interchangeable layers.
 
 The stage model never sees single layers: a stage holds so many layers of each class, and
-recomputes so many of them in each mode. Two layers are interchangeable when they have the
-same traced signature and follow layers with the same output size (a fully recomputed layer
-keeps its input), so every figure below is equal for them. A model of 80 identical blocks has
+recomputes so many of them in each mode. Two layers are interchangeable when their profiles
+(every op's costs) are equal and they follow layers with the same output size (a fully
+recomputed layer keeps its input), so every figure below is equal for them. A model of 80 identical blocks has
 three or four classes, which keeps the CP-SAT model small and free of symmetric copies.
 
 Every figure comes from the functions ``estimate`` itself uses (``layer_cost``,
@@ -68,11 +68,11 @@ class LayerClasses:
     """The model's layers sorted into classes of interchangeable layers (computed once)."""
 
     def __init__(self, graph: ModelGraph, profiles: list[LayerProfile]) -> None:
-        keys: dict[tuple[str, float], int] = {}
+        keys: dict[tuple[LayerProfile, float], int] = {}
         self.of_layer: list[int] = []
-        for i, layer in enumerate(graph.layers):
+        for i, profile in enumerate(profiles):
             before = profiles[i - 1].boundary_bytes if i else -1.0
-            self.of_layer.append(keys.setdefault((layer.signature, before), len(keys)))
+            self.of_layer.append(keys.setdefault((profile, before), len(keys)))
         first: dict[int, int] = {}
         for i, c in enumerate(self.of_layer):
             first.setdefault(c, i)
