@@ -3,8 +3,9 @@
 The stage model never sees single layers: a stage holds so many layers of each class, and
 recomputes so many of them in each mode. Two layers are interchangeable when their profiles
 (every op's costs) are equal and they follow layers with the same output size (a fully
-recomputed layer keeps its input), so every figure below is equal for them. A model of 80 identical blocks has
-three or four classes, which keeps the CP-SAT model small and free of symmetric copies.
+recomputed layer keeps its input), so every figure below is equal for them. A model of 80
+identical blocks has a handful of classes, which keeps the CP-SAT model small and free of
+symmetric copies.
 
 Every figure comes from the functions ``estimate`` itself uses (``layer_cost``,
 ``layer_activation``, ``send_time``, ``dp_sync_time``), so the stage model and the estimate of
