@@ -16,7 +16,17 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from autopar import Layer, ModelGraph, TraceFallbackWarning, __version__, cli_estimate, trace
+from autopar import (
+    Layer,
+    ModelGraph,
+    TraceFallbackWarning,
+    __version__,
+    cli_estimate,
+    cli_plan,
+    cli_report,
+    cli_show,
+    trace,
+)
 from autopar.errors import AutoparError
 from autopar.spec import LoadedModel, load_spec
 from autopar.table import render
@@ -49,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the summary and every layer as JSON instead of a table")
     inspect.set_defaults(run=_inspect)
     cli_estimate.add_parser(commands, _model_args, _positive_int, _estimate)
+    cli_plan.add_parsers(commands, _model_args, _positive_int, _load_and_trace)
+    cli_show.add_parsers(commands, _model_args, _positive_int, _load_and_trace)
+    cli_report.add_parser(commands)
     from autopar import cli_run  # the executor's launcher
     cli_run.add_parser(commands)
     return parser

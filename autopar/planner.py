@@ -10,6 +10,7 @@ from autopar.cost_models.memory import WORKING_BYTES
 from autopar.errors import InfeasibleError
 from autopar.estimate import OPTIMIZER_BYTES_PER_PARAM, estimate
 from autopar.plan import Plan, RunnerUp, SolverStats
+from autopar.plan_layout import plan_layout
 from autopar.solver.constraints import Constraints
 from autopar.solver.search import Progress, SearchResult, search
 from autopar.solver.stage_model import StageModel
@@ -55,12 +56,14 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     best, stats = result.best, result.stats
     return Plan(
         model=fingerprint(graph),
-        cluster=cluster.name,
+        cluster=cluster,
         world_size=cluster.world_size,
         global_batch_size=global_batch_size,
         precision=precision,
         optimizer=optimizer,
         config=best.config,
+        **plan_layout(graph, cluster, best.config, global_batch_size, precision, optimizer,
+                      best.estimate),
         estimate=best.estimate,
         solver=SolverStats(shapes=stats.shapes, pruned_by_time=stats.pruned_by_time,
                            pruned_by_memory=stats.pruned_by_memory, solved=stats.solved,
