@@ -38,31 +38,58 @@ def _fits(e: autopar.Estimate) -> bool:
     return e.fits
 
 
-def test_plan_is_the_best_split_and_recomputation_by_brute_force() -> None:
-    """Every contiguous split into 1, 2 or 4 stages and every per-layer choice of recomputation
-    (none/full), costed by estimate(): the plan's step time is the least of those that fit."""
-    graph = small_gpt()
-    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
-    pins = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2, schedule="1f1b",
-                recompute=("none", "full"))
-    plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
+def _brute_force(graph: autopar.ModelGraph, cluster: Cluster, global_batch: int, *,
+                 schedule: str, virtual_stages: int, stages: tuple[int, ...],
+                 modes_allowed: tuple[str, ...]) -> float:
+    """The least step time over every contiguous split of the layers into ``stages`` x
+    ``virtual_stages`` chunks and every per-layer choice among ``modes_allowed``."""
     n = len(graph.layers)
     best = None
-    for pp in (1, 2, 4, 8):
-        for cuts in itertools.combinations(range(1, n), pp - 1):
+    for pp in stages:
+        chunks = pp * virtual_stages
+        for cuts in itertools.combinations(range(1, n), chunks - 1):
             bounds = (0, *cuts, n)
             split = tuple(b - a for a, b in itertools.pairwise(bounds))
-            for modes in itertools.product(("none", "full"), repeat=n):
-                config = ParallelConfig(dp=8 // pp, pp=pp, micro_batch_size=2,
-                                        layers_per_stage=split if pp > 1 else None,
-                                        recompute=modes)
+            for modes in itertools.product(modes_allowed, repeat=n):
                 try:
-                    e = estimate(graph, cluster, config, global_batch_size=16)
+                    config = ParallelConfig(
+                        dp=8 // pp, pp=pp, micro_batch_size=2, schedule=schedule,
+                        virtual_stages=virtual_stages if pp > 1 else 1,
+                        layers_per_stage=split if pp > 1 else None, recompute=modes)
+                    e = estimate(graph, cluster, config, global_batch_size=global_batch)
                 except ConfigError:
                     continue
                 if e.fits and (best is None or e.step_time < best):
                     best = e.step_time
     assert best is not None
+    return best
+
+
+FULL_OR_NOT = ("none", "full")
+
+
+@pytest.mark.parametrize(("schedule", "virtual_stages", "stages", "modes"), [
+    ("1f1b", 1, (1, 2, 4, 8), FULL_OR_NOT),
+    ("gpipe", 1, (2, 4), FULL_OR_NOT),  # a pinned schedule other than 1F1B implies pipelining
+    ("zero_bubble", 1, (2, 4), FULL_OR_NOT),
+    # The interleaved bound is loose: with recomputation too, the search costs hundreds of
+    # candidates before it closes (minutes); splits alone keep the test quick.
+    ("interleaved", 2, (2,), ("none",)),
+])
+def test_plan_is_the_best_split_and_recomputation_by_brute_force(
+        schedule: str, virtual_stages: int, stages: tuple[int, ...],
+        modes: tuple[str, ...]) -> None:
+    """Every contiguous split and every per-layer choice of recomputation, costed by
+    estimate(): the plan's step time is the least of those that fit, for each schedule."""
+    graph = small_gpt()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
+    pins: dict[str, object] = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2,
+                                   schedule=schedule, recompute=modes)
+    if virtual_stages > 1:
+        pins["virtual_stages"] = virtual_stages
+    plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
+    best = _brute_force(graph, cluster, 16, schedule=schedule, virtual_stages=virtual_stages,
+                        stages=stages, modes_allowed=modes)
     assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
     assert plan.solver.optimal and plan.solver.gap == 0
 
