@@ -272,9 +272,9 @@ def compare_table(entries: list[tuple[str, ParallelConfig, Estimate]]) -> str:
                                                if c.virtual_stages > 1 else ""))
     row("micro-batch", lambda c, e: str(c.micro_batch_size))
     row("recompute", lambda c, e: c.recompute if isinstance(c.recompute, str) else "per layer")
-    row("step time s", lambda c, e: f"{e.step_time:.3f}")
+    row("step time ms", lambda c, e: f"{e.step_time * 1e3:,.2f}")
     for part in entries[0][2].breakdown:
-        rows.append([f"  {part}", *(f"{e.breakdown.get(part, 0.0):.3f}"
+        rows.append([f"  {part}", *(f"{e.breakdown.get(part, 0.0) * 1e3:,.2f}"
                                     for _, _, e in entries)])
     row("samples/s", lambda c, e: f"{e.samples_per_s:,.2f}")
     row("tokens/s", lambda c, e: f"{e.tokens_per_s:,.0f}")

@@ -168,7 +168,7 @@ def test_compare_configs_and_plan_files(tmp_path: Path,
                        "dgx-a100", "--global-batch", "16", "--config", "tp=2",
                        "--config", "pp=2,schedule=gpipe,mb=2")
     assert code == 0
-    assert "[1] tp=2" in out and "[3] " in out and "step time s" in out and "*" in out
+    assert "[1] tp=2" in out and "[3] " in out and "step time ms" in out and "*" in out
     assert "8x1x1x1" in out or "4x2x1x1" in out
     code, out, _ = run(capsys, "compare", "--model", TINY, "--cluster", "dgx-a100",
                        "--global-batch", "16", "--config", "tp=8,sp", "--json")
