@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 from autopar import (
     Layer,
@@ -44,9 +45,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong, and where the help is), like
+    every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"autopar: error: {self.prog}: {message} (see `{self.prog} --help`)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate from ``main`` so docs and tests can inspect it)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autopar", description="Plan how to parallelise a PyTorch model's training.")
     parser.add_argument("--version", action="version", version=f"autopar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -126,6 +126,10 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     _first_plans(heap, tables, constraints, global_batch_size, num_layers, graph, cluster,
                  precision, optimizer, stats, per_shape, deadline)
     best = min(per_shape.values(), key=_key, default=None)
+    if progress:
+        progress(f"{stats.families} families of shapes bounded, {len(per_shape)} plain "
+                 f"configurations fit" + (f"; best {best.estimate.step_time:.3f} s/step, "
+                                          f"{_describe(best.config)}" if best else ""))
     models: dict[Shape, StageModel] = {}
     stopped_at: float | None = None
     while heap:
