@@ -38,3 +38,34 @@ def test_checkpoint_moves_from_tp2dp2_to_pp2dp2(tmp_path) -> None:  # type: igno
     resumed = run_ranks(4, train_with_checkpoints, "llama", second, graph, 3, str(tmp_path))
     ref = reference("llama", BATCH, 3, momentum=0.9)
     assert compare(resumed, ([ref[0][2]], ref[1])) <= 1e-5
+
+
+def _load_into(rank: int, name: str, plan, graph, path: str) -> str:  # type: ignore[no-untyped-def]
+    """Try to load ``path`` into model ``name`` under ``plan``; the error message, if any."""
+    import torch
+
+    import autopar
+    from autopar.executor import CheckpointError, checkpoint
+    from tests.executor_util import build
+
+    pm = autopar.parallelize(build(name), plan, graph=graph)
+    opt = pm.build_optimizer(torch.optim.SGD, lr=0.1, momentum=0.9)
+    try:
+        checkpoint.load(pm, opt, path)
+    except CheckpointError as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    llama = graph_of("llama")
+    run_ranks(2, train_with_checkpoints, "llama", make_plan(llama, BATCH, dp=2), llama, 1,
+              str(tmp_path))
+    gpt2 = graph_of("gpt2")
+    errors = run_ranks(2, _load_into, "gpt2", make_plan(gpt2, BATCH, dp=2), gpt2,
+                       str(tmp_path / "step-1"))
+    assert all("does not fit this model" in e for e in errors), errors
+    missing = run_ranks(2, _load_into, "gpt2", make_plan(gpt2, BATCH, dp=2), gpt2,
+                        str(tmp_path / "nowhere"))
+    assert all("no complete checkpoint" in e for e in missing), missing

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -59,7 +60,9 @@ def load(pm: ParallelModel, optimizers: Optimizers | None, path: str | os.PathLi
         state.update(part)
     try:
         dcp.load(state, checkpoint_id=str(path))
-    except Exception as exc:  # DCP raises plain errors for missing keys and wrong shapes
+    # DCP raises plain errors for missing keys and wrong shapes, wrapped (across ranks) in
+    # CheckpointException, which derives from BaseException.
+    except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this model: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                               ) from exc
