@@ -9,6 +9,7 @@ import pytest
 
 from autopar.executor.errors import PlanMismatchError
 from autopar.executor.layout import check_world, layout_of
+from autopar.executor.sp import GatherInput, sp_plan
 from autopar.executor.tp import tied_modules, tp_plan
 from tests.executor_util import (
     build,
@@ -67,6 +68,41 @@ def test_same_as_single_process(name: str, config: str) -> None:
 ])
 def test_schedules_zero_and_recompute(config: dict[str, object]) -> None:
     assert _check("llama", **config) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_sequence_parallel_same_as_single_process() -> None:
+    worst = _check("llama", tp=2, dp=2, sequence_parallel=True)
+    assert worst <= TOLERANCE, f"llama tp2dp2+sp: max relative difference {worst:.2e}"
+
+
+def test_sp_plan_shards_the_sequence_between_blocks() -> None:
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, SequenceParallel
+
+    model, graph = build("llama"), _graph("llama")
+    tp, _ = tp_plan(model, graph.layers, 2, tied_modules(model))
+    plan, reason = sp_plan(model, graph.layers, tp)
+    assert reason is None
+    layer = "model.layers.0"
+    for norm in (f"{layer}.input_layernorm", f"{layer}.post_attention_layernorm", "model.norm"):
+        assert isinstance(plan[norm], SequenceParallel)
+    assert isinstance(plan[f"{layer}.self_attn"], GatherInput)
+    assert isinstance(plan[f"{layer}.mlp"], GatherInput)
+    assert plan[f"{layer}.mlp.down_proj"].output_layouts == (Shard(1),)  # type: ignore[attr-defined]
+    assert tp[f"{layer}.mlp.down_proj"].output_layouts != (Shard(1),)  # type: ignore[attr-defined]
+    assert plan["model.embed_tokens"].output_layouts == (Shard(1),)  # type: ignore[attr-defined]
+    head = plan["lm_head"]
+    assert isinstance(head, ColwiseParallel) and head.input_layouts == (Shard(1),)
+
+
+@pytest.mark.parametrize("name,part", [("gpt2", "transformer.h.0.attn"),
+                                       ("mlp", "no split attention/MLP blocks")])
+def test_sp_plan_falls_back_naming_the_part(name: str, part: str) -> None:
+    model, graph = build(name), _graph(name)
+    tp, _ = tp_plan(model, graph.layers, 2, tied_modules(model))
+    plan, reason = sp_plan(model, graph.layers, tp)
+    assert plan is tp and reason is not None and part in reason
 
 
 def test_tp_plan_splits_attention_heads_and_mlp() -> None:

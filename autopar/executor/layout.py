@@ -8,7 +8,6 @@ the layers come from ``autopar.trace`` of a meta copy of the model, the pipeline
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,11 +102,6 @@ def layout_of(model: nn.Module, plan: Plan, *, graph: ModelGraph | None = None,
     if config.cp > 1:
         raise ExecutorError(f"context parallelism (cp={config.cp}) is not executed yet; plan "
                             "with constraints={'cp': 1}")
-    if config.sequence_parallel:
-        warnings.warn("the plan's sequence parallelism is not applied yet: the executor runs "
-                      "plain tensor parallelism (the same results, more activation memory than "
-                      "the plan predicts); plan with constraints={'sequence_parallel': False} "
-                      "for a prediction that matches", stacklevel=3)
     if graph is None:
         meta = meta_copy(model)
         args = inputs if inputs is not None else example_inputs(meta, plan)

@@ -15,6 +15,7 @@ from autopar.executor.dp import apply_ddp, apply_fsdp
 from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
 from autopar.executor.mesh import build_mesh, init_process_group, local_device
 from autopar.executor.parallel_model import ParallelModel
+from autopar.executor.sp import warn_no_sp
 from autopar.executor.split import Chunk, inner_model, shared_copy
 from autopar.executor.tp import apply_tp, tied_modules
 from autopar.plan import Plan
@@ -43,6 +44,10 @@ def parallelize(model: nn.Module, plan: Plan, *,
     meta = meta_copy(model)
     tied = tied_modules(meta)
     parts: list[nn.Module] = []
+    sp = config.sequence_parallel and config.tp > 1
+    if sp and config.pp > 1:
+        warn_no_sp(f"pipeline stages (pp={config.pp}) exchange whole sequences")
+        sp = False
     for c in chunk_ids:
         part: nn.Module
         if config.pp > 1:
@@ -51,7 +56,7 @@ def parallelize(model: nn.Module, plan: Plan, *,
         else:
             part = root = model
         live = [layout.layers[i] for i in layout.chunks[c]]
-        apply_tp(root, live, mesh["tp"], tied)
+        apply_tp(root, live, mesh["tp"], tied, sequence_parallel=sp)
         apply_ac(root, live, config)
         if config.dp > 1 and config.zero_stage > 0:
             apply_fsdp(part, live, mesh["dp"], config.zero_stage, plan.precision)

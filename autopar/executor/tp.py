@@ -26,6 +26,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from autopar.executor.sp import sp_plan, warn_no_sp
 from autopar.tracing import Layer, TPPattern
 
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_head")
@@ -158,12 +159,18 @@ def _heads(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def apply_tp(root: nn.Module, layers: list[Layer], mesh: DeviceMesh, tied: set[str]) -> None:
-    """Split the live modules of ``root`` over the tp mesh (a no-op for tp = 1)."""
+def apply_tp(root: nn.Module, layers: list[Layer], mesh: DeviceMesh, tied: set[str],
+             sequence_parallel: bool = False) -> None:
+    """Split the live modules of ``root`` over the tp mesh (a no-op for tp = 1), with
+    sequence parallelism between the split blocks when asked and the model allows it."""
     tp = mesh.size()
     if tp == 1:
         return
     plan, attention = tp_plan(root, layers, tp, tied)
+    if sequence_parallel:
+        plan, reason = sp_plan(root, layers, plan)
+        if reason is not None:
+            warn_no_sp(reason)
     if plan:
         parallelize_module(root, mesh, plan)
     for module, degree in attention:
