@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from autopar.errors import AutoparError
+from autopar.errors import AutoparError, field_problems
 
 Schedule = Literal["gpipe", "1f1b", "interleaved", "zero_bubble"]
 Recompute = Literal["none", "selective", "full"]
@@ -43,10 +43,8 @@ class ParallelConfig(BaseModel):
         try:
             super().__init__(**fields)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'config'}={e.get('input')!r}: {e['msg']}"
-                for e in exc.errors())
-            raise ConfigError(f"invalid ParallelConfig: {problems}") from None
+            raise ConfigError(f"invalid ParallelConfig: {field_problems(exc, 'config')}"
+                              ) from None
 
     @property
     def world_size(self) -> int:

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def field_problems(exc: Any, default: str) -> str:
+    """A pydantic ValidationError as one line: each offending field, its value and what is
+    wrong (``default`` names the object when an error has no field)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or default}={e.get('input')!r}: "
+                     f"{e['msg']}" for e in exc.errors())
+
 
 class AutoparError(Exception):
     """Base class of every error autopar raises on bad input or an impossible request.

@@ -82,15 +82,20 @@ def _comm_group(g: NodeGroup, size: int, stride: int) -> CommGroup:
                      inter_bandwidth=rail, inter_latency=g.inter_node.latency_s)
 
 
-def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProfile],
-              global_batch_size: int, precision: str, optimizer: str) -> int:
-    """Refuse what cannot run, saying which part and how to fix it; returns micro-batches."""
+def check_training(precision: str, optimizer: str) -> None:
+    """Refuse a precision or optimizer the cost models do not know, listing those they do."""
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
         raise ConfigError(f"optimizer={optimizer!r} is not modelled; use one of "
                           f"{sorted(OPTIMIZER_BYTES_PER_PARAM)}")
     if precision not in WORKING_BYTES:
         raise ConfigError(f"precision={precision!r} is not modelled; use one of "
                           f"{list(WORKING_BYTES)}")
+
+
+def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProfile],
+              global_batch_size: int, precision: str, optimizer: str) -> int:
+    """Refuse what cannot run, saying which part and how to fix it; returns micro-batches."""
+    check_training(precision, optimizer)
     if config.world_size != cluster.world_size:
         raise ConfigError(
             f"dp x tp x pp x cp = {config.dp}x{config.tp}x{config.pp}x{config.cp} = "

@@ -6,9 +6,8 @@ from typing import Any
 
 from autopar.cluster import Cluster
 from autopar.config import ConfigError
-from autopar.cost_models.memory import WORKING_BYTES
 from autopar.errors import InfeasibleError
-from autopar.estimate import OPTIMIZER_BYTES_PER_PARAM, estimate
+from autopar.estimate import check_training, estimate
 from autopar.plan import Plan, RunnerUp, SolverStats
 from autopar.plan_layout import plan_layout
 from autopar.solver.constraints import Constraints
@@ -34,12 +33,7 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     rules = Constraints.of(constraints)
     if global_batch_size < 1:
         raise ConfigError(f"global_batch_size must be positive, got {global_batch_size}")
-    if precision not in WORKING_BYTES:
-        raise ConfigError(f"precision={precision!r} is not modelled; use one of "
-                          f"{list(WORKING_BYTES)}")
-    if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
-        raise ConfigError(f"optimizer={optimizer!r} is not modelled; use one of "
-                          f"{sorted(OPTIMIZER_BYTES_PER_PARAM)}")
+    check_training(precision, optimizer)
     if time_limit_s is not None and time_limit_s <= 0:
         raise ConfigError(f"time_limit_s must be positive, got {time_limit_s}")
     graph = model if isinstance(model, ModelGraph) else trace(model, example_inputs)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autopar.config import Recompute, Schedule
-from autopar.errors import AutoparError
+from autopar.errors import AutoparError, field_problems
 
 
 class ConstraintError(AutoparError):
@@ -43,10 +43,8 @@ class Constraints(BaseModel):
         try:
             super().__init__(**fields)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'constraints'}={e.get('input')!r}: "
-                f"{e['msg']}" for e in exc.errors())
-            raise ConstraintError(f"invalid constraints: {problems}") from None
+            raise ConstraintError(
+                f"invalid constraints: {field_problems(exc, 'constraints')}") from None
         if self.allow_idle_devices:
             raise ConstraintError("constraints.allow_idle_devices=True is not supported yet: "
                                   "plan for a cluster of the size you want to use instead")
