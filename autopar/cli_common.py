@@ -9,7 +9,7 @@ from pathlib import Path
 
 from autopar.cluster import Cluster
 from autopar.errors import AutoparError
-from autopar.plan import Plan, PlanError
+from autopar.plan import Plan
 
 GiB = 2**30
 
@@ -66,25 +66,6 @@ def read_plan(path: str) -> Plan:
     return Plan.load(path)
 
 
-def write_text(path: str, text: str | bytes) -> None:
-    """Write a file atomically (a crash or error leaves the old file or none)."""
-    import os
-    import tempfile
-
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise PlanError(f"cannot write {path}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def layer_ranges(names: list[str]) -> str:
     """``model.layers.0 .. model.layers.7`` as ``model.layers.0-7``; other names as they are."""
     parts: list[str] = []
@@ -128,11 +109,3 @@ def config_text(c: object) -> str:
     split = f" split={'/'.join(map(str, c.layers_per_stage))}" if c.layers_per_stage else ""
     return (f"dp={c.dp} {tp} pp={c.pp} cp={c.cp} zero={c.zero_stage} {sched} "
             f"mb={c.micro_batch_size} rc={rc}{split}")
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

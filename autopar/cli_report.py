@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autopar.cli_common import write_text
+from autopar.files import write_atomically
 from autopar.plan import Plan
 from autopar.report_html import render_report
 
@@ -39,12 +39,12 @@ def _report(args: argparse.Namespace) -> int:
         from autopar.report_png import render_pngs  # matplotlib only when asked for
 
         pictures = render_pngs(plan)
-    write_text(args.output, html)
+    write_atomically(args.output, html)
     written.append(args.output)
     out = Path(args.output)
     for name, data in pictures.items():
         path = str(out.with_name(f"{out.stem}-{name}.png"))
-        write_text(path, data)
+        write_atomically(path, data)
         written.append(path)
     if args.json:
         import json

@@ -39,7 +39,7 @@ def _hardware_profiles() -> ModuleType:
     except BaseException:
         del sys.modules[_NAME]
         raise
-    autopar.hardware_profiles = module  # type: ignore[attr-defined]
+    autopar.hardware_profiles = module
     return module
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ from autopar.cluster import Cluster
 from autopar.config import ParallelConfig, Recompute, Schedule
 from autopar.errors import AutoparError
 from autopar.estimate import Estimate
+from autopar.files import write_atomically
 
 SCHEMA_VERSION = 2
 
@@ -222,20 +222,7 @@ class Plan(BaseModel):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the plan as JSON, atomically: a crash leaves the old file or none."""
-        target = Path(path)
-        if not target.parent.is_dir():
-            raise PlanError(f"cannot write {path}: directory {target.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:

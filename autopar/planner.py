@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autopar.cluster import Cluster
 from autopar.config import ConfigError
@@ -11,9 +11,10 @@ from autopar.estimate import check_training, estimate
 from autopar.plan import Plan, RunnerUp, SolverStats
 from autopar.plan_layout import plan_layout
 from autopar.solver.constraints import Constraints
-from autopar.solver.search import Progress, SearchResult, search
-from autopar.solver.stage_model import StageModel
 from autopar.tracing import ModelGraph, trace
+
+if TYPE_CHECKING:
+    from autopar.solver.search import Progress, SearchResult
 
 GiB = 2**30
 
@@ -37,6 +38,9 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     if time_limit_s is not None and time_limit_s <= 0:
         raise ConfigError(f"time_limit_s must be positive, got {time_limit_s}")
     graph = model if isinstance(model, ModelGraph) else trace(model, example_inputs)
+    # OR-Tools (and the pandas it imports) loads here, not with `import autopar`.
+    from autopar.solver.search import search
+
     result = search(graph, cluster, global_batch_size=global_batch_size, precision=precision,
                     optimizer=optimizer, constraints=rules, time_limit_s=time_limit_s,
                     progress=progress)
@@ -84,15 +88,14 @@ def _infeasible(graph: ModelGraph, cluster: Cluster, result: SearchResult,
                 optimizer: str) -> InfeasibleError:
     """Say what the least memory any configuration needs is, what the devices have, and what
     would help."""
+    from autopar.solver.stage_model import StageModel
+
     least = None
-    for tables in result.tables_for_memory[:3]:
+    for tables in result.tables_for_memory:
         candidate, _ = StageModel(tables, minimize_memory=True).solve(None, 1.0)
         if candidate is None:
             continue
-        config = tables.shape.config(
-            layers_per_stage=candidate.layers_per_stage if tables.shape.pp > 1 else None,
-            recompute=candidate.recompute[0] if len(set(candidate.recompute)) == 1
-            else candidate.recompute)
+        config = candidate.config(tables.shape)
         est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
                        precision=precision, optimizer=optimizer)
         if least is None or est.peak_memory < least[1].peak_memory:

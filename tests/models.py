@@ -1,12 +1,15 @@
-"""Small models the tracing tests share: plain PyTorch and Hugging Face, built on any device."""
+"""Small models the tests share: plain PyTorch and Hugging Face, built on any device."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autopar import ModelGraph, trace
 
 
 def mlp() -> nn.Module:
@@ -178,3 +181,17 @@ def hf_model(name: str, *, layers: int = 3, hidden: int = 64, device: str = "met
     with torch.device(device):
         model = classes[name](config)
     return model.to(dtype)
+
+
+@cache
+def small_gpt_graph(layers: int = 4) -> ModelGraph:
+    """A traced bf16 GPT-2 (hidden 512, 8 heads, sequence 512) built on meta: the model the
+    solver and plan tests share."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=512, n_layer=layers, n_head=8, vocab_size=8000, n_positions=512,
+                        use_cache=False)
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config).to(torch.bfloat16)
+    ids = torch.zeros(1, 512, dtype=torch.long)
+    return trace(model, (ids,), {"labels": ids})

@@ -11,31 +11,19 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import torch
 from autopar.cost_models.pipeline import StageCost, simulate, timeline
 
 import autopar
 from autopar.cluster import Cluster
 from autopar.plan import Plan, PlanError
 from autopar.report_html import plan_timeline
-
-
-@cache
-def gpt_graph(layers: int = 4) -> autopar.ModelGraph:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(n_embd=512, n_layer=layers, n_head=8, vocab_size=8000, n_positions=512,
-                        use_cache=False)
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config).to(torch.bfloat16)
-    ids = torch.zeros(1, 512, dtype=torch.long)
-    return autopar.trace(model, (ids,), {"labels": ids})
+from tests.models import small_gpt_graph
 
 
 @cache
 def tp_pp_plan() -> Plan:
     """tp=2 x pp=2 x dp=2 on one 8-GPU node, with ZeRO-3: every part of the layout shows."""
-    return autopar.plan(gpt_graph(), Cluster.from_profile("dgx-a100", nodes=1),
+    return autopar.plan(small_gpt_graph(), Cluster.from_profile("dgx-a100", nodes=1),
                         global_batch_size=16,
                         constraints={"tp": 2, "pp": 2, "cp": 1, "zero_stage": 3,
                                      "schedule": "1f1b"})
@@ -47,11 +35,11 @@ def plans() -> list[Plan]:
                                           Cluster.from_profile("dgx-h100", 1).groups[0]])
     return [
         tp_pp_plan(),
-        autopar.plan(gpt_graph(), Cluster.from_profile("dgx-h100", nodes=1),
+        autopar.plan(small_gpt_graph(), Cluster.from_profile("dgx-h100", nodes=1),
                      global_batch_size=32, time_limit_s=3,
                      constraints={"pp": 2, "schedule": "interleaved", "virtual_stages": 2,
                                   "tp": 1, "cp": 1, "zero_stage": 1, "micro_batch_size": 2}),
-        autopar.plan(gpt_graph(6), mixed, global_batch_size=32,
+        autopar.plan(small_gpt_graph(6), mixed, global_batch_size=32,
                      constraints={"pp": 2, "tp": 1, "cp": 1, "schedule": "1f1b"}),
     ]
 
@@ -71,7 +59,7 @@ def test_mesh_places_every_rank_in_megatron_order() -> None:
 
 
 def test_stages_hold_every_layer_once_with_estimate_figures() -> None:
-    graph = gpt_graph()
+    graph = small_gpt_graph()
     for plan in plans():
         layers = [name for st in plan.stages for name in st.layers]
         if plan.config.virtual_stages == 1:
@@ -85,7 +73,7 @@ def test_stages_hold_every_layer_once_with_estimate_figures() -> None:
 
 
 def plan_graph(plan: Plan) -> autopar.ModelGraph:
-    return gpt_graph(int(plan.model["layers"]) - 4)  # type: ignore[call-overload]
+    return small_gpt_graph(int(plan.model["layers"]) - 4)  # type: ignore[call-overload]
 
 
 def test_heterogeneous_plan_names_each_stage_device() -> None:
@@ -115,7 +103,7 @@ def test_sharding_marks_column_row_and_vocabulary_parallel() -> None:
     assert by_module["transformer.h.0.ln_1"].style == "replicate"
     assert by_module["transformer.h.0.attn"].style == "attention"
     named = {f"{m.module}.{p}" for m in plan.sharding for p in m.params}
-    assert named == set(gpt_graph().param_shapes)
+    assert named == set(small_gpt_graph().param_shapes)
     assert plan.data_parallel.strategy == "fsdp"
     assert plan.micro_batching.micro_batches * plan.micro_batching.micro_batch_size * \
         plan.config.dp == 16

@@ -4,27 +4,14 @@ determinism and errors."""
 from __future__ import annotations
 
 import itertools
-from functools import cache
 
 import pytest
-import torch
 
 import autopar
 from autopar.cluster import Cluster
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import estimate
-
-
-@cache
-def small_gpt(layers: int = 4) -> autopar.ModelGraph:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(n_embd=512, n_layer=layers, n_head=8, vocab_size=8000, n_positions=512,
-                        use_cache=False)
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config).to(torch.bfloat16)
-    ids = torch.zeros(1, 512, dtype=torch.long)
-    return autopar.trace(model, (ids,), {"labels": ids})
+from tests.models import small_gpt_graph
 
 
 def tight(cluster: Cluster, gib: float) -> Cluster:
@@ -81,7 +68,7 @@ def test_plan_is_the_best_split_and_recomputation_by_brute_force(
         modes: tuple[str, ...]) -> None:
     """Every contiguous split and every per-layer choice of recomputation, costed by
     estimate(): the plan's step time is the least of those that fit, for each schedule."""
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
     pins: dict[str, object] = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2,
                                    schedule=schedule, recompute=modes)
@@ -97,7 +84,7 @@ def test_plan_is_the_best_split_and_recomputation_by_brute_force(
 def test_plan_beats_every_uniform_configuration() -> None:
     """Every uniform configuration (degrees, ZeRO, sp, schedule, virtual stages, micro-batch,
     one recomputation mode for all layers, Megatron's even split) through estimate()."""
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
     gbs = 16
     plan = autopar.plan(graph, cluster, global_batch_size=gbs)
@@ -123,7 +110,7 @@ def test_plan_beats_every_uniform_configuration() -> None:
 
 
 def test_stored_estimate_is_estimate_of_the_plan_config() -> None:
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.5)
     plan = autopar.plan(graph, cluster, global_batch_size=32)
     again = estimate(graph, cluster, plan.config, global_batch_size=32)
@@ -133,7 +120,7 @@ def test_stored_estimate_is_estimate_of_the_plan_config() -> None:
 
 
 def test_same_inputs_same_bytes(tmp_path) -> None:  # noqa: ANN001
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = Cluster.from_profile("dgx-a100", nodes=2)
     a = autopar.plan(graph, cluster, global_batch_size=64)
     b = autopar.plan(graph, cluster, global_batch_size=64)
@@ -144,7 +131,7 @@ def test_same_inputs_same_bytes(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_pins_are_obeyed() -> None:
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = Cluster.from_profile("dgx-a100", nodes=1)
     plan = autopar.plan(graph, cluster, global_batch_size=32,
                         constraints={"tp": 2, "schedule": "gpipe", "pp": 2})
@@ -155,7 +142,7 @@ def test_pins_are_obeyed() -> None:
 
 
 def test_headroom_is_kept() -> None:
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
     plan = autopar.plan(graph, cluster, global_batch_size=16,
                         constraints={"memory_headroom": 0.3})
@@ -163,7 +150,7 @@ def test_headroom_is_kept() -> None:
 
 
 def test_nothing_fits_says_what_is_needed_and_what_would_help() -> None:
-    graph = small_gpt()
+    graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 1.01)
     with pytest.raises(autopar.InfeasibleError) as err:
         autopar.plan(graph, cluster, global_batch_size=16,
@@ -178,7 +165,7 @@ def test_heterogeneous_cluster_places_stages_on_groups() -> None:
     a100 = Cluster.from_profile("dgx-a100", nodes=1).groups[0]
     h100 = Cluster.from_profile("dgx-h100", nodes=1).groups[0]
     cluster = Cluster(name="mixed", groups=[a100, h100])
-    graph = small_gpt(layers=6)
+    graph = small_gpt_graph(layers=6)
     plan = autopar.plan(graph, cluster, global_batch_size=32,
                         constraints={"pp": 2, "tp": 1, "cp": 1, "schedule": "1f1b"})
     again = estimate(graph, cluster, plan.config, global_batch_size=32)
@@ -194,5 +181,5 @@ def test_bad_constraints_are_refused() -> None:
     with pytest.raises(autopar.ConstraintError, match="virtual_stages"):
         autopar.Constraints(virtual_stages=2, schedule="1f1b")
     with pytest.raises(ConfigError, match="global_batch_size"):
-        autopar.plan(small_gpt(), Cluster.from_profile("dgx-a100", nodes=1),
+        autopar.plan(small_gpt_graph(), Cluster.from_profile("dgx-a100", nodes=1),
                      global_batch_size=0)

@@ -36,6 +36,9 @@ from autopar.tracing import ModelGraph
 
 Progress = Callable[[str], None]
 
+LEAN_SHAPES = 3
+"""Shapes whose least memory ``plan`` measures to explain an infeasible request."""
+
 ROUNDING = 1e-9
 """Relative margin taken off every bound: it sums the same figures as ``estimate`` in another
 order, and a bound a rounding error above the truth could prune the best plan."""
@@ -80,7 +83,8 @@ class SearchResult:
     runners_up: list[Evaluated]
     stats: SearchStats
     tables_for_memory: list[ShapeTables] = field(default_factory=list)
-    """The shapes that needed the least memory in total (to explain an infeasible request)."""
+    """The ``LEAN_SHAPES`` shapes that need the least memory (to explain an infeasible
+    request)."""
 
 
 def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, precision: str,
@@ -146,7 +150,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
                                 num_layers=num_layers):
                 stats.shapes += 1
                 st = tables(shape)
-                shape_bound, fits, _ = _shape_bound(st)
+                shape_bound, fits = _shape_bound(st)
                 if fits:
                     heapq.heappush(heap, (max(bound, shape_bound), _order(shape), shape, st))
                 else:
@@ -170,7 +174,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
             if progress:
                 progress(f"best so far: {best.estimate.step_time:.3f} s/step, "
                          f"{_describe(best.config)}")
-    stats.pruned_by_time = sum(1 for _, _, item, _ in heap)
+    stats.pruned_by_time = len(heap)
     stats.solve_time_s = time.perf_counter() - start
     stats.timed_out = stopped_at is not None
     if best is not None:
@@ -178,7 +182,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         stats.lower_bound = min([best.estimate.step_time] + [b for b, *_ in heap[:1]])
     others = sorted((e for e in per_shape.values() if e is not best), key=_key)
     memory_need.sort(key=lambda x: (x[0], x[1]))
-    lean = [tables(shape) for _, shape in memory_need[:5]]
+    lean = [tables(shape) for _, shape in memory_need[:LEAN_SHAPES]]
     return SearchResult(best, others[:runners_up], stats, lean)
 
 
@@ -232,7 +236,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                             num_layers=num_layers):
             if not megatron(shape, zero):
                 continue
-            bound, fits, _ = _shape_bound(tables(shape))
+            bound, fits = _shape_bound(tables(shape))
             best = min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
                 _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
@@ -298,9 +302,7 @@ def _solve_shape(model: StageModel, t: ShapeTables, shape: Shape, graph: ModelGr
         if candidate is None:
             return None if proven else model.last_bound
         stats.candidates += 1
-        config = shape.config(
-            layers_per_stage=candidate.layers_per_stage if shape.pp > 1 else None,
-            recompute=_compact(candidate.recompute))
+        config = candidate.config(shape)
         est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
                        precision=precision, optimizer=optimizer)
         if not _fits(est, constraints.memory_headroom):
@@ -324,10 +326,6 @@ def _key(e: Evaluated) -> tuple:
 
 def _fits(est: Estimate, headroom: float) -> bool:
     return est.fits and est.peak_memory <= est.capacity * (1.0 - headroom)
-
-
-def _compact(modes: tuple[str, ...]) -> str | tuple[str, ...]:
-    return modes[0] if len(set(modes)) == 1 else modes
 
 
 def _describe(config: ParallelConfig) -> str:
@@ -360,9 +358,9 @@ def _work(t: ShapeTables) -> tuple[float, float, float]:
     return work, chain, optimizer
 
 
-def _shape_bound(t: ShapeTables) -> tuple[float, bool, float]:
-    """(step-time lower bound, whether the devices can hold it, bytes per device it needs at
-    least) of one shape, valid for every split and recomputation."""
+def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
+    """(step-time lower bound, whether the devices can hold it) of one shape, valid for every
+    split and recomputation."""
     shape, m, p = t.shape, t.micro_batches, t.shape.pp
     work, zb_chain, optimizer = _work(t)
     fits, recompute = _least_recompute(t)
@@ -379,7 +377,7 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool, float]:
         r = (m - phi) / m
         pipe = max(pipe, work * phi / (1 - r**p))
     bound = pipe + optimizer + _least_dp_exposed(t, work)
-    return bound * (1 - ROUNDING), fits, 0.0
+    return bound * (1 - ROUNDING), fits
 
 
 def _forward_share(t: ShapeTables) -> float:

@@ -26,6 +26,8 @@ from typing import Any
 
 from ortools.sat.python import cp_model
 
+from autopar.config import ParallelConfig
+from autopar.solver.space import Shape
 from autopar.solver.tables import MODES, ShapeTables
 
 NS = 1e9  # integer time unit: nanoseconds
@@ -46,6 +48,13 @@ class Candidate:
     recompute: tuple[str, ...]
     bound: float
     """Lower bound on its step time, seconds."""
+
+    def config(self, shape: Shape) -> ParallelConfig:
+        """The shape's ParallelConfig with this split and recomputation (one mode for all
+        layers written once)."""
+        modes = self.recompute
+        return shape.config(layers_per_stage=self.layers_per_stage if shape.pp > 1 else None,
+                            recompute=modes[0] if len(set(modes)) == 1 else modes)
 
 
 class StageModel:
