@@ -142,10 +142,11 @@ def make_plan(graph: autopar.ModelGraph, global_batch: int, **config: Any) -> Pl
     return Plan(**fields)
 
 
-def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentum: float = 0.0
-              ) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Single-process training: the losses and the final weights."""
-    model = build(name)
+def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentum: float = 0.0,
+              model: nn.Module | None = None) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process training (of ``build(name)`` unless ``model`` is given): the losses and
+    the final weights."""
+    model = build(name) if model is None else model
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     losses = []
     for step in range(steps):
@@ -162,7 +163,12 @@ def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentu
 def train_ranks(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph, steps: int,
                 lr: float = 0.1) -> tuple[list[float], dict[str, torch.Tensor]]:
     """One rank's training under ``plan``: the losses and the full weights it holds."""
-    pm = autopar.parallelize(build(name), plan, graph=graph)
+    return _train(autopar.parallelize(build(name), plan, graph=graph), name, plan, steps, lr)
+
+
+def _train(pm: Any, name: str, plan: Plan, steps: int, lr: float = 0.1
+           ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """SGD steps of a parallelized model on the test data: the losses and the full weights."""
     opt = pm.build_optimizer(torch.optim.SGD, lr=lr)
     losses = []
     for step in range(steps):
@@ -217,3 +223,65 @@ def train_with_checkpoints(rank: int, name: str, plan: Plan, graph: autopar.Mode
         losses.append(loss.item())
         checkpoint.save(pm, opt, os.path.join(root, f"step-{step + 1}"), step=step + 1)
     return losses, pm.full_state_dict()
+
+
+# --- meta-device models -----------------------------------------------------------------------
+
+def index_init(model: nn.Module) -> None:
+    """A deterministic ``init_weights``: element ``i`` (row-major) of parameter ``name`` is
+    ``0.1 * sin(0.7 * i + crc32(name) % 97)``. It needs only the element's position, so each
+    shard is filled with exactly its slice of the full initialisation without building the
+    full tensor. Hugging Face rotary buffers are filled by the model's own ``_init_weights``."""
+    import zlib
+
+    from autopar.executor.materialise import local_shard
+
+    for name, p in model.named_parameters():
+        local, where = local_shard(p)
+        flat = torch.zeros((), dtype=torch.float64)
+        for dim, part in enumerate(where):
+            stride = int(torch.tensor(p.shape[dim + 1:]).prod())
+            flat = flat.unsqueeze(-1) + torch.arange(part.start, part.stop,
+                                                     dtype=torch.float64) * stride
+        phase = zlib.crc32(name.encode()) % 97
+        local.copy_(0.1 * torch.sin(0.7 * flat + phase))
+    for module in model.modules():
+        if hasattr(module, "original_inv_freq"):
+            model._init_weights(module)  # type: ignore[operator]
+
+
+def build_meta(name: str) -> nn.Module:
+    with torch.device("meta"):
+        return MODELS[name]()
+
+
+def reference_init(name: str, global_batch: int, steps: int
+                   ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process training of the model built on the CPU and initialised by
+    ``index_init``."""
+    model = build(name)
+    with torch.no_grad():
+        index_init(model)
+    return reference(name, global_batch, steps, model=model)
+
+
+def local_numel(pm: Any) -> int:
+    """Elements of the parameters this rank holds (its local shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in pm.parameters())
+
+
+def train_meta_ranks(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph, steps: int,
+                     init: bool = True) -> dict[str, Any]:
+    """``train_ranks`` of a model built on the meta device and materialised by
+    ``autopar.parallelize`` (with ``index_init``, or the modules' ``reset_parameters`` on
+    rank-dependent random streams): the losses, the initial and final full weights, and the
+    parameter elements this rank allocated."""
+    torch.manual_seed(rank)
+    pm = autopar.parallelize(build_meta(name), plan, graph=graph,
+                             init_weights=index_init if init else None)
+    numel = local_numel(pm)
+    initial = pm.full_state_dict()
+    losses, weights = _train(pm, name, plan, steps)
+    return dict(losses=losses, initial=initial, weights=weights, numel=numel)

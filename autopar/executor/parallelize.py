@@ -3,16 +3,15 @@ pipeline split -> tensor parallel -> activation recomputation -> FSDP -> materia
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import nn
 
 from autopar.executor.ac import apply_ac
 from autopar.executor.dp import apply_ddp, apply_fsdp
 from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
+from autopar.executor.materialise import InitWeights, materialise, sync_replicas
 from autopar.executor.mesh import build_mesh, init_process_group, local_device
 from autopar.executor.parallel_model import ParallelModel
 from autopar.executor.sp import warn_no_sp
@@ -23,11 +22,13 @@ from autopar.tracing import ModelGraph
 
 
 def parallelize(model: nn.Module, plan: Plan, *,
-                init_weights: Callable[[nn.Module], None] | None = None,
+                init_weights: InitWeights | None = None,
                 graph: ModelGraph | None = None, example_inputs: Any = None) -> ParallelModel:
     """Run ``model`` under ``plan`` on this rank of a ``torchrun`` job (or any initialised
-    process group). ``model`` may live on the meta device: each rank then materialises only
-    its own shards, with ``init_weights(module)`` or the modules' ``reset_parameters``.
+    process group). ``model`` may live on the meta device: each rank then allocates only its
+    own shards and initialises them with ``init_weights(module)`` or the modules'
+    ``reset_parameters`` (see ``autopar.executor.materialise`` for what ``init_weights``
+    receives); replicas are then broadcast from the first.
 
     ``graph`` (the model's trace) or ``example_inputs`` skip re-tracing / replace the plan's
     traced input shapes. Raises ``PlanMismatchError`` when the model or the world size is not
@@ -60,30 +61,13 @@ def parallelize(model: nn.Module, plan: Plan, *,
         apply_ac(root, live, config)
         if config.dp > 1 and config.zero_stage > 0:
             apply_fsdp(part, live, mesh["dp"], config.zero_stage, plan.precision)
-        _materialise(part, device, init_weights)
+        if materialise(part, device, init_weights):
+            sync_replicas(part, mesh)
         if config.dp > 1 and config.zero_stage == 0 and config.tp == 1:
             part = apply_ddp(part, mesh["dp"])
         parts.append(part)
     ties = _tied_groups(model, layout, mesh, parts, chunk_ids)
     return ParallelModel(parts, chunk_ids, layout, mesh, device, ties)
-
-
-def _materialise(part: nn.Module, device: torch.device,
-                 init_weights: Callable[[nn.Module], None] | None) -> None:
-    """Give meta parameters storage on ``device`` and initialise them (this rank's shards)."""
-    on_meta = any(t.is_meta for t in list(part.parameters()) + list(part.buffers()))
-    if not on_meta:
-        part.to(device)
-        return
-    part.to_empty(device=device)
-    with torch.no_grad():
-        if init_weights is not None:
-            init_weights(part)
-            return
-        for module in part.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
 
 
 def _tied_groups(model: nn.Module, layout: Layout, mesh: Any, parts: list[nn.Module],
