@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autopar
+from autopar.executor.split import model_output
 from autopar.plan import Plan, SolverStats
 
 
@@ -151,7 +152,7 @@ def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentu
     losses = []
     for step in range(steps):
         x, y = data(name, global_batch, step)
-        out = autopar.executor.split.model_output(model(x))
+        out = model_output(model(x))
         loss = loss_fn(out, y)
         loss.backward()
         opt.step()
@@ -163,10 +164,11 @@ def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentu
 def train_ranks(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph, steps: int,
                 lr: float = 0.1) -> tuple[list[float], dict[str, torch.Tensor]]:
     """One rank's training under ``plan``: the losses and the full weights it holds."""
-    return _train(autopar.parallelize(build(name), plan, graph=graph), name, plan, steps, lr)
+    pm = autopar.parallelize(build(name), plan, graph=graph)
+    return train_parallel(pm, name, plan, steps, lr)
 
 
-def _train(pm: Any, name: str, plan: Plan, steps: int, lr: float = 0.1
+def train_parallel(pm: Any, name: str, plan: Plan, steps: int, lr: float = 0.1
            ) -> tuple[list[float], dict[str, torch.Tensor]]:
     """SGD steps of a parallelized model on the test data: the losses and the full weights."""
     opt = pm.build_optimizer(torch.optim.SGD, lr=lr)
@@ -283,5 +285,5 @@ def train_meta_ranks(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph
                              init_weights=index_init if init else None)
     numel = local_numel(pm)
     initial = pm.full_state_dict()
-    losses, weights = _train(pm, name, plan, steps)
+    losses, weights = train_parallel(pm, name, plan, steps)
     return dict(losses=losses, initial=initial, weights=weights, numel=numel)

@@ -4,20 +4,27 @@ weights as single-process training on the same global batch (float32, 3 SGD step
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
+import torch
 
 from autopar.executor.errors import PlanMismatchError
 from autopar.executor.layout import check_world, layout_of
 from autopar.executor.sp import GatherInput, sp_plan
-from autopar.executor.tp import tied_modules, tp_plan
+from autopar.executor.split import model_output
+from autopar.executor.tp import sequence_parallel_applies, tied_modules, tp_plan
+from autopar.plan import Plan
+from autopar.tracing import ModelGraph
 from tests.executor_util import (
+    SEQ,
     build,
     compare,
     graph_of,
     make_plan,
     reference,
     run_ranks,
+    train_parallel,
     train_ranks,
 )
 
@@ -70,10 +77,69 @@ def test_schedules_zero_and_recompute(config: dict[str, object]) -> None:
     assert _check("llama", **config) <= TOLERANCE
 
 
+Recorded = tuple[list[float], dict[str, torch.Tensor], list[tuple[int, ...]]]
+
+
+def _train_recording_outputs(rank: int, name: str, plan: Plan, graph: ModelGraph,
+                             steps: int) -> Recorded:
+    """``train_ranks``, also recording the shape of every output of this rank's parts (what a
+    pipeline stage sends)."""
+    import autopar
+
+    pm = autopar.parallelize(build(name), plan, graph=graph)
+    shapes: list[tuple[int, ...]] = []
+    for part in pm.parts:
+        part.register_forward_hook(
+            lambda _m, _a, out: shapes.append(tuple(model_output(out).shape)))
+    losses, weights = train_parallel(pm, name, plan, steps)
+    return losses, weights, shapes
+
+
 @pytest.mark.slow
-def test_sequence_parallel_same_as_single_process() -> None:
-    worst = _check("llama", tp=2, dp=2, sequence_parallel=True)
-    assert worst <= TOLERANCE, f"llama tp2dp2+sp: max relative difference {worst:.2e}"
+@pytest.mark.parametrize("config", [dict(tp=2, dp=2), dict(pp=2, tp=2)],
+                         ids=["tp2dp2", "pp2tp2"])
+def test_sequence_parallel_same_as_single_process(config: dict[str, int]) -> None:
+    graph = _graph("llama")
+    plan = make_plan(graph, GLOBAL_BATCH, sequence_parallel=True, **config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # forked ranks inherit it: a fallback fails the test
+        ranks = run_ranks(plan.world_size, _train_recording_outputs, "llama", plan, graph, STEPS)
+    worst = compare([r[:2] for r in ranks], _reference("llama"))
+    assert worst <= TOLERANCE, f"llama {config}+sp: max relative difference {worst:.2e}"
+    if config.get("pp"):  # the first stage sends its tp rank's half of the sequence
+        sent = {shape for r in ranks[:2] for shape in r[2]}
+        assert sent == {(GLOBAL_BATCH // plan.config.micro_batches(GLOBAL_BATCH), SEQ // 2,
+                         32)}
+
+
+def test_sp_plan_of_pipeline_chunks_keeps_the_sequence_sharded() -> None:
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, SequenceParallel
+
+    model, graph = build("llama"), _graph("llama")
+    layers, tied = graph.layers, tied_modules(model)
+    head = [layer for layer in layers if layer.index >= 3]
+    tp, _ = tp_plan(model, head, 2, tied)
+    plan, reason = sp_plan(model, head, tp, whole_model=False)
+    assert reason is None
+    assert isinstance(plan["model.norm"], SequenceParallel)
+    assert isinstance(plan["model.layers.3.input_layernorm"], SequenceParallel)
+    lm_head = plan["lm_head"]
+    assert isinstance(lm_head, ColwiseParallel) and lm_head.input_layouts == (Shard(1),)
+    embed = layers[:2]
+    plan, reason = sp_plan(model, embed, tp_plan(model, embed, 2, tied)[0], whole_model=False)
+    assert reason is None
+    assert plan["model.embed_tokens"].output_layouts == (Shard(1),)  # type: ignore[attr-defined]
+
+
+def test_sequence_parallel_is_decided_for_the_whole_model() -> None:
+    model, graph = build("gpt2"), _graph("gpt2")
+    with pytest.warns(UserWarning, match=r"transformer.h.0.attn: stays replicated"):
+        assert not sequence_parallel_applies(model, graph.layers, 2, tied_modules(model))
+    llama = build("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sequence_parallel_applies(llama, _graph("llama").layers, 2, tied_modules(llama))
 
 
 def test_sp_plan_shards_the_sequence_between_blocks() -> None:

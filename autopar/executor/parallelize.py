@@ -14,9 +14,9 @@ from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
 from autopar.executor.materialise import InitWeights, materialise, sync_replicas
 from autopar.executor.mesh import build_mesh, init_process_group, local_device
 from autopar.executor.parallel_model import ParallelModel
-from autopar.executor.sp import warn_no_sp
+from autopar.executor.sp import shard_stage_boundaries
 from autopar.executor.split import Chunk, inner_model, shared_copy
-from autopar.executor.tp import apply_tp, tied_modules
+from autopar.executor.tp import apply_tp, sequence_parallel_applies, tied_modules
 from autopar.plan import Plan
 from autopar.tracing import ModelGraph
 
@@ -45,10 +45,8 @@ def parallelize(model: nn.Module, plan: Plan, *,
     meta = meta_copy(model)
     tied = tied_modules(meta)
     parts: list[nn.Module] = []
-    sp = config.sequence_parallel and config.tp > 1
-    if sp and config.pp > 1:
-        warn_no_sp(f"pipeline stages (pp={config.pp}) exchange whole sequences")
-        sp = False
+    sp = (config.sequence_parallel and config.tp > 1
+          and sequence_parallel_applies(meta, layout.layers, config.tp, tied))
     for c in chunk_ids:
         part: nn.Module
         if config.pp > 1:
@@ -58,6 +56,9 @@ def parallelize(model: nn.Module, plan: Plan, *,
             part = root = model
         live = [layout.layers[i] for i in layout.chunks[c]]
         apply_tp(root, live, mesh["tp"], tied, sequence_parallel=sp)
+        if sp and isinstance(part, Chunk):
+            entry = None if part.entry is None else root.get_submodule(part.entry)
+            shard_stage_boundaries(part, entry, mesh["tp"])
         apply_ac(root, live, config)
         if config.dp > 1 and config.zero_stage > 0:
             apply_fsdp(part, live, mesh["dp"], config.zero_stage, plan.precision)

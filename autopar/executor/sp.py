@@ -31,6 +31,7 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
 )
 
+from autopar.executor.split import first_tensor
 from autopar.tracing import Layer
 
 
@@ -75,16 +76,26 @@ def _block_of(columns: tuple[str, ...]) -> str:
     return parents.pop() if len(parents) == 1 else ""
 
 
-def sp_plan(root: nn.Module, layers: list[Layer], tp_styles: dict[str, ParallelStyle]
-            ) -> tuple[dict[str, ParallelStyle], str | None]:
+def _is_block(layer: Layer) -> bool:
+    return any(p.kind == "column_row" for p in layer.tp_patterns)
+
+
+def sp_plan(root: nn.Module, layers: list[Layer], tp_styles: dict[str, ParallelStyle],
+            whole_model: bool = True) -> tuple[dict[str, ParallelStyle], str | None]:
     """The ``parallelize_module`` plan with sequence parallelism (the tensor-parallel styles
-    replaced where the layout changes), or the plain plan and the reason it cannot be."""
+    replaced where the layout changes), or the plain plan and the reason it cannot be.
+
+    ``layers`` are the whole model's (``whole_model``) or one pipeline chunk's: a chunk that
+    does not start with the model's first layer receives ``Shard(1)`` activations and one that
+    ends before the model's end sends them (``shard_stage_boundaries``).
+    """
     plan = dict(tp_styles)
-    decoder = [i for i, layer in enumerate(layers)
-               if any(p.kind == "column_row" for p in layer.tp_patterns)]
-    if not decoder:
+    decoder = [i for i, layer in enumerate(layers) if _is_block(layer)]
+    if whole_model and not decoder:
         return tp_styles, "the model has no split attention/MLP blocks"
-    first, last = decoder[0], decoder[-1]
+    embedding = bool(layers) and layers[0].index == 0
+    start = 1 if embedding else 0
+    first, last = (decoder[0], decoder[-1]) if decoder else (start, start - 1)
     between = [layers[i].name for i in range(first, last + 1) if i not in decoder]
     if between:
         return tp_styles, f"{', '.join(between)}: layers without split blocks between blocks"
@@ -101,49 +112,17 @@ def sp_plan(root: nn.Module, layers: list[Layer], tp_styles: dict[str, ParallelS
         return found
 
     for layer in layers[first:last + 1]:
-        blocks = set()
-        for pattern in layer.tp_patterns:
-            if pattern.kind != "column_row":
-                continue
-            *columns, row = pattern.modules
-            block = _block_of(tuple(columns))
-            if not block or any(m not in plan for m in pattern.modules):
-                part = block or columns[0]
-                return tp_styles, f"{part}: stays replicated under tensor parallelism"
-            blocks.add(block)
-            style: Any = copy.copy(plan[row])  # the plain plan's styles stay unchanged
-            if hasattr(style, "inner"):
-                style.inner = copy.copy(style.inner)
-            inner = getattr(style, "inner", style)
-            if not isinstance(inner, RowwiseParallel):
-                return tp_styles, f"{row}: not row-parallel"
-            inner.output_layouts = (Shard(1),)
-            inner.use_local_output = False
-            plan[row] = style
-        for name, module in owners(layer):
-            if any(name.startswith(b + ".") for b in blocks):
-                continue
-            if not _is_norm(module):
-                return tp_styles, f"{name}: a module with weights outside the split blocks"
-            plan[name] = SequenceParallel()
-        for block in blocks:
-            plan[block] = GatherInput()
+        reason = _block_styles(layer, owners(layer), plan)
+        if reason is not None:
+            return tp_styles, reason
 
-    if first != 1:
-        extra = ", ".join(layer.name for layer in layers[1:first])
-        return tp_styles, f"{extra}: more than one layer before the first block"
-    # the embedding layer: its output becomes Shard(1)
-    embeds = owners(layers[0])
-    if len(embeds) != 1 or not isinstance(embeds[0][1], nn.Embedding):
-        return tp_styles, (f"{layers[0].name}: the first layer is not a single embedding")
-    name = embeds[0][0]
-    if name in plan:
-        plan[name] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1),
-                                     use_local_output=False)
-    else:
-        plan[name] = PrepareModuleOutput(output_layouts=Replicate(),
-                                         desired_output_layouts=Shard(1),
-                                         use_local_output=False)
+    if embedding:
+        if decoder and first != 1:
+            extra = ", ".join(layer.name for layer in layers[1:first])
+            return tp_styles, f"{extra}: more than one layer before the first block"
+        reason = _embedding_style(layers[0].name, owners(layers[0]), plan)
+        if reason is not None:
+            return tp_styles, reason
 
     for layer in layers[last + 1:]:
         for name, module in owners(layer):
@@ -158,9 +137,83 @@ def sp_plan(root: nn.Module, layers: list[Layer], tp_styles: dict[str, ParallelS
     return plan, None
 
 
+def _block_styles(layer: Layer, owners: list[tuple[str, nn.Module]],
+                  plan: dict[str, ParallelStyle]) -> str | None:
+    """Put one decoder block's styles into ``plan``: its split attention/MLP gather their
+    input and reduce-scatter their output to ``Shard(1)``, its norms run sequence-parallel.
+    Returns why the block cannot, or None."""
+    blocks = set()
+    for pattern in layer.tp_patterns:
+        if pattern.kind != "column_row":
+            continue
+        *columns, row = pattern.modules
+        block = _block_of(tuple(columns))
+        if not block or any(m not in plan for m in pattern.modules):
+            return f"{block or columns[0]}: stays replicated under tensor parallelism"
+        blocks.add(block)
+        style: Any = copy.copy(plan[row])  # the plain plan's styles stay unchanged
+        if hasattr(style, "inner"):
+            style.inner = copy.copy(style.inner)
+        inner = getattr(style, "inner", style)
+        if not isinstance(inner, RowwiseParallel):
+            return f"{row}: not row-parallel"
+        inner.output_layouts = (Shard(1),)
+        inner.use_local_output = False
+        plan[row] = style
+    for name, module in owners:
+        if any(name.startswith(b + ".") for b in blocks):
+            continue
+        if not _is_norm(module):
+            return f"{name}: a module with weights outside the split blocks"
+        plan[name] = SequenceParallel()
+    for block in blocks:
+        plan[block] = GatherInput()
+    return None
+
+
+def _embedding_style(layer: str, owners: list[tuple[str, nn.Module]],
+                     plan: dict[str, ParallelStyle]) -> str | None:
+    """Make the embedding's output ``Shard(1)``; returns why it cannot, or None."""
+    if len(owners) != 1 or not isinstance(owners[0][1], nn.Embedding):
+        return f"{layer}: the first layer is not a single embedding"
+    name = owners[0][0]
+    if name in plan:
+        plan[name] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1),
+                                     use_local_output=False)
+    else:
+        plan[name] = PrepareModuleOutput(output_layouts=Replicate(),
+                                         desired_output_layouts=Shard(1),
+                                         use_local_output=False)
+    return None
+
+
 def warn_no_sp(reason: str) -> None:
     """The plan's sequence parallelism falls back to plain tensor parallelism."""
     warnings.warn(f"the plan's sequence parallelism is not applied ({reason}): the executor "
                   "runs plain tensor parallelism (the same results, more activation memory "
                   "than the plan predicts); plan with constraints={'sequence_parallel': False} "
                   "for a prediction that matches", stacklevel=3)
+
+
+def shard_stage_boundaries(chunk: nn.Module, entry: nn.Module | None, mesh: DeviceMesh) -> None:
+    """Pipeline stages exchange sequence-sharded activations: a chunk that ends inside the
+    model sends the local part of its ``Shard(1)`` output (1/tp of the sequence, to the rank
+    of the next stage with the same tp coordinate), and ``entry``, the first layer module of a
+    chunk that starts inside the model, turns the received local part back into ``Shard(1)``.
+    Both conversions are differentiable, so gradients cross back the same way."""
+    def send(_: nn.Module, args: Any, output: Any) -> Any:
+        return output.to_local() if isinstance(output, DTensor) else output
+
+    def receive(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        where, value = first_tensor(args, kwargs)
+        if isinstance(value, DTensor):
+            return args, kwargs
+        value = DTensor.from_local(value, mesh, [Shard(1)], run_check=False)
+        if isinstance(where, int):
+            return (*args[:where], value, *args[where + 1:]), kwargs
+        return args, {**kwargs, where: value}
+
+    chunk.register_forward_hook(send)
+    if entry is not None:
+        entry.register_forward_pre_hook(receive, with_kwargs=True)

@@ -117,8 +117,10 @@ class Chunk(nn.Module):
                 _set_submodule(model, name, _Stub(meta.get_submodule(name), name,
                                                   after=i >= keep.stop, device=device))
                 stubbed.append(name)
-        if not self.first:
-            entry = model.get_submodule(layers[keep.start].name)
+        self.entry = None if self.first else layers[keep.start].name
+        """The module that receives the previous chunk's activation (none on the first)."""
+        if self.entry is not None:
+            entry = model.get_submodule(self.entry)
             entry.register_forward_pre_hook(self._inject, with_kwargs=True)
 
     def _inject(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -26,6 +26,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from autopar.executor.errors import ExecutorError
 from autopar.executor.sp import sp_plan, warn_no_sp
 from autopar.tracing import Layer, TPPattern
 
@@ -159,18 +160,34 @@ def _heads(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def sequence_parallel_applies(model: nn.Module, layers: list[Layer], tp: int,
+                              tied: set[str]) -> bool:
+    """Whether the whole model (a meta copy will do) takes sequence parallelism under tp; warns
+    why not. Decided once for the model so every pipeline stage agrees on the layout of the
+    activations it exchanges."""
+    plan, _ = tp_plan(model, layers, tp, tied)
+    _, reason = sp_plan(model, layers, plan)
+    if reason is not None:
+        warn_no_sp(reason)
+    return reason is None
+
+
 def apply_tp(root: nn.Module, layers: list[Layer], mesh: DeviceMesh, tied: set[str],
              sequence_parallel: bool = False) -> None:
-    """Split the live modules of ``root`` over the tp mesh (a no-op for tp = 1), with
-    sequence parallelism between the split blocks when asked and the model allows it."""
+    """Split the live modules of ``root`` (the model, or one pipeline chunk's copy of it) over
+    the tp mesh (a no-op for tp = 1), with sequence parallelism between the split blocks when
+    ``sequence_parallel_applies`` said so."""
     tp = mesh.size()
     if tp == 1:
         return
     plan, attention = tp_plan(root, layers, tp, tied)
     if sequence_parallel:
-        plan, reason = sp_plan(root, layers, plan)
+        plan, reason = sp_plan(root, layers, plan, whole_model=False)
         if reason is not None:
-            warn_no_sp(reason)
+            raise ExecutorError(f"sequence parallelism applies to the model but not to the "
+                                f"pipeline chunk of layers {layers[0].name}..{layers[-1].name} "
+                                f"({reason}); plan with constraints="
+                                "{'sequence_parallel': False}")
     if plan:
         parallelize_module(root, mesh, plan)
     for module, degree in attention:
