@@ -293,10 +293,23 @@ def peak_in_flight(schedule: Schedule, devices: int, micro_batches: int,
     """Micro-batches (for ``interleaved``: micro-batch chunks) each device holds at its peak.
 
     The schedule's order alone decides it, whatever the stages cost: what ``simulate``
-    reports as ``in_flight``, without simulating.
+    reports as ``in_flight``, without simulating. Closed forms of ``_peak_activations`` over
+    the orders ``_orders`` builds (warm-up forwards, then forward/backward pairs, each pair
+    holding one more micro-batch for a moment), O(devices) whatever the micro-batch count.
     """
-    orders = _orders(schedule, devices, micro_batches, virtual_stages)
-    return tuple(_peak_activations(order) for order in orders)
+    p, m, v = devices, micro_batches, virtual_stages
+    if schedule == "interleaved" and v > 1:
+        if m % p:
+            raise PipelineError(
+                f"interleaved needs micro_batches to be a multiple of the {p} pipeline devices "
+                f"(as Megatron requires); got micro_batches={m}"
+            )
+        total = m * v
+        return tuple(total if m == p else min(2 * (p - d - 1) + (v - 1) * p + 1, total)
+                     for d in range(p))
+    if schedule == "gpipe":
+        return (m,) * p
+    return tuple(min(p - d, m) for d in range(p))
 
 
 def _orders(schedule: str, p: int, m: int, v: int) -> list[list[_Op]]:

@@ -20,16 +20,16 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 
 from autopar.cost_models.memory import FRAGMENTATION, FRAMEWORK_BYTES
 
-from autopar.cluster import Cluster
+from autopar.cluster import Cluster, NodeGroup
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import Estimate, estimate, repeated_blocks
 from autopar.layer_profiles import layer_profiles
 from autopar.solver.constraints import Constraints
-from autopar.solver.space import Degrees, Shape, degrees, shapes
+from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
 from autopar.solver.stage_model import StageModel
 from autopar.solver.tables import LayerClasses, ShapeTables
 from autopar.tracing import ModelGraph
@@ -114,8 +114,9 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     memory_need: list[tuple[float, Shape]] = []
     for d in degrees(cluster, constraints, global_batch_size=global_batch_size,
                      num_layers=num_layers, heads=heads, seq_len=graph.seq_len):
-        family = [tables(s) for s in _family_representatives(d, constraints, global_batch_size,
-                                                             num_layers)]
+        family = [tables(s) for s in representatives(d, constraints,
+                                                     global_batch_size=global_batch_size,
+                                                     num_layers=num_layers)]
         if not family:
             continue
         stats.families += 1
@@ -184,19 +185,6 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     memory_need.sort(key=lambda x: (x[0], x[1]))
     lean = [tables(shape) for _, shape in memory_need[:LEAN_SHAPES]]
     return SearchResult(best, others[:runners_up], stats, lean)
-
-
-def _family_representatives(d: Degrees, constraints: Constraints, global_batch_size: int,
-                            num_layers: int) -> list[Shape]:
-    """One shape per distinct layer-cost setting of a family (with and without sequence
-    parallelism), at the ZeRO stage needing the least memory: enough to bound them all."""
-    out: dict[bool, Shape] = {}
-    for shape in shapes(d, constraints, global_batch_size=global_batch_size,
-                        num_layers=num_layers):
-        held = out.get(shape.sequence_parallel)
-        if held is None or shape.zero_stage > held.zero_stage:
-            out[shape.sequence_parallel] = shape
-    return [out[k] for k in sorted(out)]
 
 
 def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
@@ -315,7 +303,7 @@ def _order(item: Degrees | Shape) -> tuple:
     """Among equal bounds: families before their shapes, then fewer stages and smaller tp
     (less to lose to bubbles and collectives), then the fields in order: deterministic."""
     kind = 0 if isinstance(item, Degrees) else 1
-    return (kind, item.pp, item.tp, item.cp, astuple(item))
+    return (kind, item.pp, item.tp, item.cp, tuple(item.__dict__.values()))
 
 
 def _key(e: Evaluated) -> tuple:
@@ -338,23 +326,26 @@ def _work(t: ShapeTables) -> tuple[float, float, float]:
     weight gradients off it, least optimizer time over the devices), over the device groups
     and allowed recomputation modes."""
     s = t.shape
-    key = ("work", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size, s.zero_stage,
-           s.pp)
-    if key in t.costs:
-        return t.costs[key]  # type: ignore[return-value]
-    work = chain = optimizer = math.inf
-    for group in {id(g): g for g in t.groups}.values():
-        figures = t.figures(group)
-        w = c = params = 0.0
-        for cls, size in enumerate(t.classes.size):
-            f = figures[cls]
-            options = [(f.forward(mode), f.backward(mode)) for mode in t.modes]
-            w += size * min(a + b for a, b in options)
-            c += size * min(a + b / 2 for a, b in options)
-            params += size * f.params
-        work, chain = min(work, w), min(chain, c)
-        optimizer = min(optimizer, params * t.optimizer_rate(group) / t.shape.pp)
-    t.costs[key] = (work, chain, optimizer)
+    groups = t.distinct_groups
+    key = ("work", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size,
+           tuple(id(g) for g in groups))
+    if key not in t.costs:
+        work = chain = math.inf
+        params = 0.0
+        for group in groups:
+            figures = t.base(group)
+            w = c = params = 0.0
+            for cls, size in enumerate(t.classes.size):
+                f = figures[cls]
+                options = [(f.forward(mode), f.backward(mode)) for mode in t.modes]
+                w += size * min(a + b for a, b in options)
+                c += size * min(a + b / 2 for a, b in options)
+                params += size * f.params
+            work, chain = min(work, w), min(chain, c)
+        t.costs[key] = (work, chain, params)
+    work, chain, params = t.costs[key]  # type: ignore[misc]
+    # Every device holds the same parameters per layer: only the rate differs by group.
+    optimizer = min(params * t.optimizer_rate(g) / s.pp for g in groups)
     return work, chain, optimizer
 
 
@@ -382,9 +373,14 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
 
 def _forward_share(t: ShapeTables) -> float:
     """The least share of a layer's work that is its forward pass, over classes and modes."""
-    return min(f.forward(mode) / (f.forward(mode) + f.backward(mode))
-               for g in t.groups for f in t.figures(g) for mode in t.modes
-               if f.forward(mode) + f.backward(mode) > 0)
+    s = t.shape
+    key = ("forward share", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size,
+           tuple(id(g) for g in t.distinct_groups))
+    if key not in t.costs:
+        t.costs[key] = min(f.forward(mode) / (f.forward(mode) + f.backward(mode))
+                           for g in t.distinct_groups for f in t.base(g) for mode in t.modes
+                           if f.forward(mode) + f.backward(mode) > 0)
+    return t.costs[key]  # type: ignore[return-value]
 
 
 def _least_dp_exposed(t: ShapeTables, work: float) -> float:
@@ -413,12 +409,47 @@ def _least_recompute(t: ShapeTables) -> tuple[bool, float]:
     layers together may keep.
     """
     per_param, fixed = t.state_bytes_per_param()
-    figures = t.figures(t.groups[0])
-    states = per_param * sum(size * figures[c].params for c, size in enumerate(t.classes.size))
+    params, held, segments = _activation_trade(t)
+    states = per_param * params
     v = t.shape.virtual_stages
-    room = sum((t.capacity(g) - fixed - t.buffers) * v / n
-               for g, n in zip(t.groups, t.in_flight, strict=True))
+    room = sum((t.capacity(g) - fixed - t.buffers) * v * inverse
+               for g, inverse in _inverse_in_flight(t))
     room -= states * v / max(t.in_flight)
+    room += abs(room) * ROUNDING  # summed in another order than the stage model's
+    extra = 0.0
+    excess = held - room
+    for price, saved in segments:
+        if excess <= 0:
+            break
+        take = min(saved, excess)
+        extra += take * price
+        excess -= take
+    return excess <= 0, extra
+
+
+def _inverse_in_flight(t: ShapeTables) -> list[tuple[NodeGroup, float]]:
+    """Per node group, in stage order, the sum of ``1 / in_flight[d]`` over its devices."""
+    s = t.shape
+    key = ("inverse in flight", s.schedule, s.pp, t.micro_batches, s.virtual_stages)
+    if key not in t.costs:
+        sums: dict[int, tuple[NodeGroup, float]] = {}
+        for g, n in zip(t.groups, t.in_flight, strict=True):
+            sums[id(g)] = (g, sums.get(id(g), (g, 0.0))[1] + 1 / n)
+        t.costs[key] = list(sums.values())
+    return t.costs[key]  # type: ignore[return-value]
+
+
+def _activation_trade(t: ShapeTables) -> tuple[float, float, list[tuple[float, float]]]:
+    """(parameters of all layers on one device, bytes of activations all layers
+    hold per micro-batch without recomputation, the (seconds per byte, bytes) segments that
+    recomputation trades at increasing prices), over the first stage's group's figures."""
+    s = t.shape
+    group = t.groups[0]
+    key = ("trade", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, id(group))
+    if key in t.costs:
+        return t.costs[key]  # type: ignore[return-value]
+    figures = t.base(group)
+    params = sum(size * figures[c].params for c, size in enumerate(t.classes.size))
     # Each class: its modes as (held bytes, seconds) points; the lower convex hull of the
     # undominated ones trades bytes for time at increasing prices.
     held = 0.0
@@ -439,15 +470,8 @@ def _least_recompute(t: ShapeTables) -> tuple[bool, float]:
         held += size * hull[0][0]
         segments += [(_slope(a, b), size * (a[0] - b[0]))
                      for a, b in zip(hull, hull[1:], strict=False)]
-    extra = 0.0
-    excess = held - room
-    for price, saved in sorted(segments):
-        if excess <= 0:
-            break
-        take = min(saved, excess)
-        extra += take * price
-        excess -= take
-    return excess <= 0, extra
+    t.costs[key] = (params, held, sorted(segments))
+    return t.costs[key]  # type: ignore[return-value]
 
 
 def _slope(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -464,9 +488,7 @@ def _family_bound(family: list[ShapeTables]) -> tuple[float, bool, float]:
         bound = min(bound, max(t.micro_batches * work / t.shape.pp, zb_chain) + optimizer)
         # The first device holds the most micro-batches; it keeps at least the least
         # activations of its share of the layers.
-        figures = t.figures(t.groups[0])
-        held = max(t.in_flight) * sum(size * min(figures[c].held[mode] for mode in t.modes)
-                                      for c, size in enumerate(t.classes.size))
+        held = max(t.in_flight) * _least_held(t)
         for zero in {0, 2, t.shape.zero_stage}:
             if zero <= t.shape.zero_stage:
                 ok, _ = _memory(t, zero, 0.0)
@@ -475,13 +497,31 @@ def _family_bound(family: list[ShapeTables]) -> tuple[float, bool, float]:
     return bound * (1 - ROUNDING), fits, need
 
 
+def _least_held(t: ShapeTables) -> float:
+    """Least activation bytes all layers hold per micro-batch, over the allowed modes."""
+    s = t.shape
+    group = t.groups[0]
+    key = ("least held", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, id(group))
+    if key not in t.costs:
+        figures = t.base(group)
+        t.costs[key] = sum(size * min(figures[c].held[mode] for mode in t.modes)
+                           for c, size in enumerate(t.classes.size))
+    return t.costs[key]  # type: ignore[return-value]
+
+
 def _memory(t: ShapeTables, zero_stage: int, activations: float) -> tuple[bool, float]:
     """Whether the stages' devices can hold the model states (and ``activations`` in all) at
     ``zero_stage``, and the bytes per device that needs at least."""
     per_param, fixed = t.state_bytes_per_param(zero_stage)
-    figures = t.figures(t.groups[0])
-    params = sum(size * figures[c].params for c, size in enumerate(t.classes.size))
+    params, _, _ = _activation_trade(t)
     p = t.shape.pp
     need = params * per_param + p * (fixed + t.buffers) + activations
-    have = sum(t.capacity(g) for g in t.groups)
-    return need <= have, (need * (1 + FRAGMENTATION) + p * FRAMEWORK_BYTES) / p
+    return need <= _capacity(t), (need * (1 + FRAGMENTATION) + p * FRAMEWORK_BYTES) / p
+
+
+def _capacity(t: ShapeTables) -> float:
+    """Bytes all stages' devices may allocate together."""
+    key = ("capacity", t.shape.pp)
+    if key not in t.costs:
+        t.costs[key] = sum(t.capacity(g) for g in t.groups)
+    return t.costs[key]  # type: ignore[return-value]

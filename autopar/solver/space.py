@@ -105,6 +105,23 @@ def shapes(d: Degrees, constraints: Constraints, *, global_batch_size: int,
                          num_layers)
 
 
+def representatives(d: Degrees, constraints: Constraints, *, global_batch_size: int,
+                    num_layers: int) -> list[Shape]:
+    """One shape per sequence-parallel setting of a family, at its highest ZeRO stage (the one
+    needing the least memory) and first schedule: the first such shape ``shapes`` yields.
+    Enough to bound the whole family (layer costs depend on tp, sp, cp and micro-batch size)."""
+    c = constraints
+    m = global_batch_size // (d.dp * d.micro_batch_size)
+    schedule = next(_schedules(c, d.pp, m, num_layers), None)
+    zeros = _pinned(c.zero_stage, [0, 1, 2, 3] if d.dp * d.cp > 1 else [0])
+    if schedule is None or not zeros:
+        return []
+    sps = [sp for sp in ([False, True] if d.tp > 1 else [False])
+           if c.sequence_parallel is None or sp == c.sequence_parallel]
+    return [Shape(d.tp, d.pp, d.cp, d.dp, max(zeros), sp, schedule[0], schedule[1],
+                  d.micro_batch_size) for sp in sps]
+
+
 def _variants(c: Constraints, tp: int, pp: int, cp: int, dp: int, mbs: int, m: int,
               num_layers: int) -> Iterator[Shape]:
     zeros = [0, 1, 2, 3] if dp * cp > 1 else [0]

@@ -14,7 +14,7 @@ the plan it picks cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from autopar.cost_models.layers import LayerProfile
@@ -122,10 +122,32 @@ class ShapeTables:
     def representative(self) -> list[int]:
         return self.classes.representative
 
-    @cached_property
+    @property
     def groups(self) -> list[NodeGroup]:
-        """The node group of each pipeline stage (device)."""
-        return stage_groups(self.cluster, self.config)
+        """The node group of each pipeline stage (device): it depends only on pp, as the
+        degrees multiply to the cluster's device count (shared across the search)."""
+        key = ("groups", self.shape.pp)
+        if key not in self.costs:
+            self.costs[key] = stage_groups(self.cluster, self.config)
+        return self.costs[key]  # type: ignore[return-value]
+
+    @property
+    def distinct_groups(self) -> list[NodeGroup]:
+        """The node groups the stages run on, each once, in stage order."""
+        key = ("distinct groups", self.shape.pp)
+        if key not in self.costs:
+            self.costs[key] = list({id(g): g for g in self.groups}.values())
+        return self.costs[key]  # type: ignore[return-value]
+
+    def base(self, group: NodeGroup) -> list[ClassFigures]:
+        """Per-class figures on ``group`` without the data-parallel sync (left 0): what
+        depends only on tp, sequence parallelism, cp and the micro-batch size, shared by every
+        shape and family that has those in common."""
+        s = self.shape
+        key = ("base", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, id(group))
+        if key not in self.costs:
+            self.costs[key] = [self._class_base(i, group) for i in self.representative]
+        return self.costs[key]  # type: ignore[return-value]
 
     def figures(self, group: NodeGroup) -> list[ClassFigures]:
         """Per-class figures on ``group``, shared with every shape that differs from this one
@@ -134,22 +156,25 @@ class ShapeTables:
         key = ("figures", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size,
                s.zero_stage, id(group))
         if key not in self.costs:
-            self.costs[key] = [self._class_figures(i, group) for i in self.representative]
+            self.costs[key] = [replace(f, dp_sync=self._sync(f.params, group))
+                               for f in self.base(group)]
         return self.costs[key]  # type: ignore[return-value]
 
-    def _class_figures(self, i: int, group: NodeGroup) -> ClassFigures:
+    def _class_base(self, i: int, group: NodeGroup) -> ClassFigures:
         config, p = self.config, self.profiles[i]
         params = p.params_per_rank(config.tp)
         held = {mode: layer_activation(self.profiles, i, config, mode)[0] for mode in MODES}
         working = layer_activation(self.profiles, i, config, "full")[1]
-        m = self.micro_batches
+        return ClassFigures(self.layer_cost(i, group), params, held, working, 0.0)
+
+    def _sync(self, params: float, group: NodeGroup) -> float:
+        """Per-layer data-parallel sync seconds of a layer of ``params`` parameters."""
+        config, m = self.config, self.micro_batches
         if config.zero_stage >= 2 or not params:
-            sync = dp_sync_time([params], config, group, self.precision, m)
-        else:
-            # The one all-reduce is affine in its size: keep each layer's bandwidth share.
-            big = dp_sync_time([2 * params], config, group, self.precision, m)
-            sync = max(0.0, big - dp_sync_time([params], config, group, self.precision, m))
-        return ClassFigures(self.layer_cost(i, group), params, held, working, sync)
+            return dp_sync_time([params], config, group, self.precision, m)
+        # The one all-reduce is affine in its size: keep each layer's bandwidth share.
+        big = dp_sync_time([2 * params], config, group, self.precision, m)
+        return max(0.0, big - dp_sync_time([params], config, group, self.precision, m))
 
     def layer_cost(self, i: int, group: NodeGroup) -> LayerCost:
         """``estimate.layer_cost`` of layer ``i``, shared across the shapes of a search."""
@@ -176,9 +201,12 @@ class ShapeTables:
         return peak_in_flight(self.shape.schedule, self.shape.pp,
                               self.micro_batches, self.shape.virtual_stages)
 
-    @cached_property
+    @property
     def largest_params(self) -> float:
-        return max(p.params_per_rank(self.shape.tp) for p in self.profiles)
+        key = ("largest params", self.shape.tp)
+        if key not in self.costs:
+            self.costs[key] = max(p.params_per_rank(self.shape.tp) for p in self.profiles)
+        return self.costs[key]  # type: ignore[return-value]
 
     def optimizer_rate(self, group: NodeGroup) -> float:
         """Optimizer seconds per parameter the device holds."""
@@ -192,6 +220,12 @@ class ShapeTables:
         shape's ZeRO stage or at ``zero_stage``."""
         dp = self.shape.dp * self.shape.cp
         zero = self.shape.zero_stage if zero_stage is None else zero_stage
+        key = ("state bytes", self.shape.tp, dp, zero)
+        if key not in self.costs:
+            self.costs[key] = self._state_bytes(dp, zero)
+        return self.costs[key]  # type: ignore[return-value]
+
+    def _state_bytes(self, dp: int, zero: int) -> tuple[float, float]:
         w, g, o = model_state_bytes(1.0, 0.0, precision=self.precision,
                                     optimizer=self.optimizer, zero_stage=zero, dp=dp)
         fixed = sum(model_state_bytes(0.0, self.largest_params, precision=self.precision,
