@@ -10,7 +10,8 @@ unsplit one gets the gathered input).
 The model must look like a decoder: one embedding layer, then blocks whose parameters are in
 split attention/MLP blocks or in norms, then norms and a head. Anything else (an unsplit fused
 attention, a second embedding, a model without split blocks) keeps plain tensor parallelism:
-``sp_plan`` says why instead of returning a plan.
+``sp_plan`` says why instead of returning a plan. Under pipeline parallelism the activations
+cross stage boundaries still sharded over the sequence (``shard_stage_boundaries``).
 """
 
 from __future__ import annotations
