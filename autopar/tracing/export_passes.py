@@ -69,8 +69,11 @@ def _is_causal(mask: Any, q_len: int) -> bool:
     return bool((allowed == causal).all())
 
 
-def _static_causal_mask(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    """Whether ``node`` (an sdpa call) takes a constant, causal mask over self-attention."""
+def _static_causal_mask(gm: torch.fx.GraphModule, node: torch.fx.Node,
+                        checked: dict[tuple[torch.fx.Node, int], bool]) -> bool:
+    """Whether ``node`` (an sdpa call) takes a constant, causal mask over self-attention.
+    ``checked`` remembers the answer per (mask node, query length): every layer of a model
+    usually shares one mask, which is evaluated once."""
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     if not isinstance(mask, torch.fx.Node):
         return False
@@ -80,6 +83,13 @@ def _static_causal_mask(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     q_len = query.shape[-2]
     if q_len != key.shape[-2]:
         return False
+    if (mask, q_len) not in checked:
+        checked[(mask, q_len)] = _constant_causal(gm, mask, q_len)
+    return checked[(mask, q_len)]
+
+
+def _constant_causal(gm: torch.fx.GraphModule, mask: torch.fx.Node, q_len: int) -> bool:
+    """Whether ``mask`` is computed from constants only and is the causal mask."""
     nodes = _ancestors(mask)
     if nodes is None:
         return False
@@ -97,10 +107,11 @@ def _static_causal_mask(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
 def eager_causal_attention(gm: torch.fx.GraphModule) -> int:
     """Replace static causal masks of sdpa calls by ``is_causal=True``; returns how many."""
     rewritten = 0
+    checked: dict[tuple[torch.fx.Node, int], bool] = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not _SDPA:
             continue
-        if not _static_causal_mask(gm, node):
+        if not _static_causal_mask(gm, node, checked):
             continue
         args = list(node.args)
         kwargs = dict(node.kwargs)
