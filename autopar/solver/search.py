@@ -160,8 +160,9 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         assert t is not None and isinstance(item, Shape)
         if item not in models:
             stats.solved += 1
-            _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
-                         optimizer, stats, per_shape)
+            if item not in per_shape:  # else the first plans costed it already
+                _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
+                             optimizer, stats, per_shape)
             models[item] = StageModel(t)
         resume = _solve_shape(models[item], t, item, graph, cluster, constraints,
                               global_batch_size, precision, optimizer, deadline, stats,
@@ -197,12 +198,15 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     parallelism with tp, the distributed optimizer (ZeRO-1). A good plan known from the
     start prunes most of the space; the search then only has to prove or improve it.
 
-    1. Folklore, always: one sample per micro-batch, and either no pipeline or tensor
+    1. Folklore first: one sample per micro-batch, and either no pipeline or tensor
        parallelism across one node or half of one with context parallelism of 1 or 2 at every
        pipeline depth; 1F1B and interleaving with every chunk
        count that splits the blocks evenly (as Megatron-LM requires).
     2. Then every family in bound order, the same configurations (with ZeRO-3 where ZeRO-1
-       does not fit), while half the time limit lasts.
+       does not fit).
+
+    Both stop once half the time limit is spent (if there is one): the search proper, not
+    this phase, is what the limit is for.
     """
     families = [item for _, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
     blocks = sum(repeated_blocks(graph))
@@ -232,10 +236,12 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                 found = found or shape in per_shape
         return found
 
-    for family in folklore:
-        cost_family(family, min(1, family.dp * family.cp - 1))
     budget = None if deadline is None else time.perf_counter() + (
         deadline - time.perf_counter()) / 2
+    for family in folklore:
+        if budget is not None and time.perf_counter() >= budget:
+            return
+        cost_family(family, min(1, family.dp * family.cp - 1))
     for family in families:
         if budget is not None and time.perf_counter() >= budget:
             return
@@ -324,29 +330,68 @@ def _describe(config: ParallelConfig) -> str:
 def _work(t: ShapeTables) -> tuple[float, float, float]:
     """(least per-micro-batch work of all layers, least critical chain of one micro-batch with
     weight gradients off it, least optimizer time over the devices), over the device groups
-    and allowed recomputation modes."""
+    and allowed recomputation modes. On a heterogeneous cluster each layer counts at its
+    cheapest group's figures (where the split puts it is not known)."""
     s = t.shape
     groups = t.distinct_groups
     key = ("work", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size,
            tuple(id(g) for g in groups))
     if key not in t.costs:
-        work = chain = math.inf
-        params = 0.0
-        for group in groups:
-            figures = t.base(group)
-            w = c = params = 0.0
-            for cls, size in enumerate(t.classes.size):
-                f = figures[cls]
-                options = [(f.forward(mode), f.backward(mode)) for mode in t.modes]
-                w += size * min(a + b for a, b in options)
-                c += size * min(a + b / 2 for a, b in options)
-                params += size * f.params
-            work, chain = min(work, w), min(chain, c)
+        options = _options(t)
+        work = chain = params = 0.0
+        base = t.base(groups[0])
+        for cls, size in enumerate(t.classes.size):
+            work += size * min(w for w, _ in options[cls])
+            chain += size * min(c for _, c in options[cls])
+            params += size * base[cls].params
         t.costs[key] = (work, chain, params)
     work, chain, params = t.costs[key]  # type: ignore[misc]
     # Every device holds the same parameters per layer: only the rate differs by group.
     optimizer = min(params * t.optimizer_rate(g) / s.pp for g in groups)
     return work, chain, optimizer
+
+
+def _options(t: ShapeTables) -> list[list[tuple[float, float]]]:
+    """Per class, per allowed mode: the least over the stages' node groups of its work
+    (forward + backward) and of its chain (forward + half the backward), seconds."""
+    s = t.shape
+    groups = t.distinct_groups
+    key = ("options", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size,
+           tuple(id(g) for g in groups))
+    if key not in t.costs:
+        figures = [t.base(g) for g in groups]
+        options = []
+        for cls in range(len(t.classes.size)):
+            options.append([
+                (min(f[cls].forward(mode) + f[cls].backward(mode) for f in figures),
+                 min(f[cls].forward(mode) + f[cls].backward(mode) / 2 for f in figures))
+                for mode in t.modes])
+        t.costs[key] = options
+    return t.costs[key]  # type: ignore[return-value]
+
+
+def _speed_share(t: ShapeTables) -> float:
+    """Sum over the stages of 1 / rho, rho being how many times slower than the cheapest
+    group the stage's group is at least, over classes and modes: the number of stages for a
+    homogeneous cluster. The busiest device then takes at least (least work) / this: device
+    d's time is at least rho_d x (its layers at their cheapest), and those add up to the
+    least work."""
+    s = t.shape
+    groups = t.distinct_groups
+    if len(groups) == 1:
+        return float(s.pp)
+    key = ("speed share", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp)
+    if key not in t.costs:
+        options = _options(t)
+        rho: dict[int, float] = {}
+        for g in groups:
+            f = t.base(g)
+            ratios = [(f[c].forward(mode) + f[c].backward(mode)) / options[c][j][0]
+                      for c in range(len(t.classes.size)) for j, mode in enumerate(t.modes)
+                      if options[c][j][0] > 0]
+            rho[id(g)] = max(1.0, min(ratios, default=1.0))
+        t.costs[key] = sum(1 / rho[id(g)] for g in t.groups) * (1 + ROUNDING)
+    return t.costs[key]  # type: ignore[return-value]
 
 
 def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
@@ -358,7 +403,7 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
     work += recompute
     # Every device's share of the work, and the first micro-batch's pass through all layers
     # (only input gradients for zero-bubble, whose weight gradients wait).
-    pipe = max(m * work / p, zb_chain if shape.schedule == "zero_bubble" else work)
+    pipe = max(m * work / _speed_share(t), zb_chain if shape.schedule == "zero_bubble" else work)
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
         # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
@@ -385,18 +430,25 @@ def _forward_share(t: ShapeTables) -> float:
 
 def _least_dp_exposed(t: ShapeTables, work: float) -> float:
     """Some device exposes at least the average of what sync exceeds overlap by."""
-    if t.shape.dp * t.shape.cp == 1:
+    s = t.shape
+    if s.dp * s.cp == 1:
         return 0.0
-    figures = t.figures(t.groups[0])
-    sync = sum(size * figures[c].dp_sync for c, size in enumerate(t.classes.size))
-    if t.shape.zero_stage >= 3:
-        overlap = t.micro_batches * sum(
-            size * max(figures[c].forward(mode) + figures[c].backward(mode) for mode in t.modes)
-            for c, size in enumerate(t.classes.size))
-    else:
-        overlap = sum(size * max(figures[c].backward(mode) for mode in t.modes)
-                      for c, size in enumerate(t.classes.size))
-    return max(0.0, sync - overlap) / t.shape.pp
+    group = t.groups[0]
+    key = ("dp exposed", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size,
+           s.zero_stage, id(group))
+    if key not in t.costs:
+        figures = t.figures(group)
+        sync = sum(size * figures[c].dp_sync for c, size in enumerate(t.classes.size))
+        if s.zero_stage >= 3:
+            overlap = t.micro_batches * sum(
+                size * max(figures[c].forward(mode) + figures[c].backward(mode)
+                           for mode in t.modes)
+                for c, size in enumerate(t.classes.size))
+        else:
+            overlap = sum(size * max(figures[c].backward(mode) for mode in t.modes)
+                          for c, size in enumerate(t.classes.size))
+        t.costs[key] = max(0.0, sync - overlap)
+    return t.costs[key] / s.pp  # type: ignore[operator]
 
 
 def _least_recompute(t: ShapeTables) -> tuple[bool, float]:
@@ -442,13 +494,14 @@ def _inverse_in_flight(t: ShapeTables) -> list[tuple[NodeGroup, float]]:
 def _activation_trade(t: ShapeTables) -> tuple[float, float, list[tuple[float, float]]]:
     """(parameters of all layers on one device, bytes of activations all layers
     hold per micro-batch without recomputation, the (seconds per byte, bytes) segments that
-    recomputation trades at increasing prices), over the first stage's group's figures."""
+    recomputation trades at increasing prices, each layer at its cheapest group's)."""
     s = t.shape
-    group = t.groups[0]
-    key = ("trade", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, id(group))
+    key = ("trade", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size,
+           tuple(id(g) for g in t.distinct_groups))
     if key in t.costs:
         return t.costs[key]  # type: ignore[return-value]
-    figures = t.base(group)
+    figures = t.base(t.groups[0])  # held bytes and parameters are the same on every group
+    options = _options(t)
     params = sum(size * figures[c].params for c, size in enumerate(t.classes.size))
     # Each class: its modes as (held bytes, seconds) points; the lower convex hull of the
     # undominated ones trades bytes for time at increasing prices.
@@ -456,7 +509,7 @@ def _activation_trade(t: ShapeTables) -> tuple[float, float, list[tuple[float, f
     segments: list[tuple[float, float]] = []
     for c, size in enumerate(t.classes.size):
         f = figures[c]
-        points = sorted({(f.held[mode], f.forward(mode) + f.backward(mode)) for mode in t.modes},
+        points = sorted({(f.held[mode], options[c][j][0]) for j, mode in enumerate(t.modes)},
                         key=lambda x: (x[1], x[0]))
         frontier = [points[0]]  # fastest first; each next one must hold strictly less
         for point in points[1:]:
@@ -485,7 +538,7 @@ def _family_bound(family: list[ShapeTables]) -> tuple[float, bool, float]:
     bound, need, fits = math.inf, math.inf, False
     for t in family:
         work, zb_chain, optimizer = _work(t)
-        bound = min(bound, max(t.micro_batches * work / t.shape.pp, zb_chain) + optimizer)
+        bound = min(bound, max(t.micro_batches * work / _speed_share(t), zb_chain) + optimizer)
         # The first device holds the most micro-batches; it keeps at least the least
         # activations of its share of the layers.
         held = max(t.in_flight) * _least_held(t)

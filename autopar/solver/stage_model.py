@@ -21,16 +21,22 @@ excluded one by one (a no-good cut) until the bound proves nothing better is lef
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from ortools.sat.python import cp_model
 
 from autopar.config import ParallelConfig
+from autopar.solver.paths import Path, critical_path
 from autopar.solver.space import Shape
 from autopar.solver.tables import MODES, ShapeTables
 
 NS = 1e9  # integer time unit: nanoseconds
+
+CUTS_PER_SOLVE = 16
+"""Re-solves one ``solve`` call may make after cuts before it hands back (the shape then goes
+back on the search's heap at its raised bound)."""
 
 Expr = Any
 """A CP-SAT linear expression or a plain int (OR-Tools' own stubs cannot express the mix)."""
@@ -66,6 +72,7 @@ class StageModel:
         self._decisions: list[Expr] = []
         self._exhausted = False
         self.last_bound = 0.0
+        self._paths: set[Path] = set()
         """Bound of the last candidate: every later one has at least this bound (seconds)."""
         classes = tables.layer_class
         num_layers, k_chunks = len(classes), tables.chunks
@@ -150,6 +157,9 @@ class StageModel:
             else:
                 send.append(0)
 
+        self._chunk_costs = (fwd, bwd_input if tables.shape.schedule == "zero_bubble" else bwd,
+                             send)
+        self._cuts = not minimize_memory and p > 1
         zero_bubble = tables.shape.schedule == "zero_bubble"
         horizon = 0
         for k in range(k_chunks):
@@ -233,27 +243,62 @@ class StageModel:
               ) -> tuple[Candidate | None, bool]:
         """The candidate with the smallest bound, if any bound is below ``below`` seconds.
 
-        Returns (candidate, proven): ``proven`` is False when the time limit stopped the search
-        before it could tell. Each returned candidate is excluded from later solves.
+        Returns (candidate, proven): ``proven`` is False when the time limit (or the share of
+        re-solves one call may take) stopped the search before it could tell. Each returned
+        candidate is excluded from later solves.
+
+        Each solution's critical path through the schedule (``paths``) is added as a cut: a
+        lower bound on the pipeline of every split. Where it shows the solution's own bound
+        was short by enough that it cannot beat ``below``, the model is solved again.
         """
         if self._exhausted:
             return None, True
         if below is not None:
             # The bound only tightens from call to call, so it stays in the model.
             self.model.add(sum(self._objective_parts) <= math.ceil(below * NS) - 1)
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = 0
-        if time_limit_s is not None:
-            solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
-        status = solver.solve(self.model)
-        if status == cp_model.INFEASIBLE:
-            return None, True
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return None, False
-        candidate = self._read(solver)
-        self._exclude(solver)
-        return candidate, status == cp_model.OPTIMAL
+        start = time.perf_counter()
+        for _ in range(CUTS_PER_SOLVE):
+            solver = cp_model.CpSolver()
+            solver.parameters.num_workers = 1
+            solver.parameters.random_seed = 0
+            if time_limit_s is not None:
+                left = time_limit_s - (time.perf_counter() - start)
+                if left <= 0:
+                    return None, False
+                solver.parameters.max_time_in_seconds = max(0.01, left)
+            status = solver.solve(self.model)
+            if status == cp_model.INFEASIBLE:
+                return None, True
+            if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                return None, False
+            # No later solution has a smaller objective than this one's bound.
+            self.last_bound = max(self.last_bound, solver.best_objective_bound / NS)
+            if self._cuts and below is not None:
+                longest = self._cut(solver)
+                pipe, dp, opt = (solver.value(x) for x in self._objective_parts)
+                if longest > pipe and (longest + dp + opt) / NS >= below:
+                    continue  # the cut rules it out (or, solved again, gives its true bound)
+            candidate = self._read(solver)
+            self._exclude(solver)
+            return candidate, status == cp_model.OPTIMAL
+        return None, False
+
+    def _cut(self, solver: cp_model.CpSolver) -> int:
+        """Add the critical path of the solution's split as a lower bound on the pipeline of
+        every split; return its length (ns) for this solution."""
+        t = self.t
+        fwd, bwd, send = ([int(solver.value(x)) if not isinstance(x, int) else x for x in xs]
+                          for xs in self._chunk_costs)
+        length, path = critical_path(t.shape.schedule, t.shape.pp, t.micro_batches,
+                                     t.shape.virtual_stages, fwd, bwd, send)
+        if path not in self._paths:
+            self._paths.add(path)
+            f, b, s = self._chunk_costs
+            self.model.add(self.pipe >= sum(
+                n * x for counts, xs in ((path.forwards, f), (path.backwards, b),
+                                         (path.sends, s))
+                for n, x in zip(counts, xs, strict=True) if n))
+        return length
 
     def _read(self, solver: cp_model.CpSolver) -> Candidate:
         t = self.t
@@ -273,7 +318,6 @@ class StageModel:
                 else:
                     modes.append("none")
         bound = solver.objective_value / NS
-        self.last_bound = max(self.last_bound, bound)
         return Candidate(counts, tuple(modes), bound)
 
     def _exclude(self, solver: cp_model.CpSolver) -> None:
