@@ -24,8 +24,10 @@ from autopar import (
     __version__,
     cli_estimate,
     cli_plan,
+    cli_profile,
     cli_report,
     cli_show,
+    cli_validate,
     trace,
 )
 from autopar.errors import AutoparError
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_plan.add_parsers(commands, _model_args, _positive_int, _load_and_trace)
     cli_show.add_parsers(commands, _model_args, _positive_int, _load_and_trace)
     cli_report.add_parser(commands)
+    cli_profile.add_parser(commands, _positive_int)
+    cli_validate.add_parser(commands, _positive_int)
     from autopar import cli_run  # the executor's launcher
     cli_run.add_parser(commands)
     return parser

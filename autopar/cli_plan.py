@@ -93,6 +93,10 @@ def _plan(args: argparse.Namespace, load_and_trace: Callable[[argparse.Namespace
     result = plan(graph, cluster, global_batch_size=args.global_batch,
                   precision=args.precision, optimizer=args.optimizer, constraints=rules,
                   time_limit_s=args.time_limit, progress=say)
+    # How to load the model again (`autopar validate` needs it): the SPEC as given.
+    source = {k: v for k, v in (("spec", args.model), ("batch", args.batch),
+                                ("seq_len", args.seq_len)) if v is not None}
+    result = result.model_copy(update={"model": {**result.model, "source": source}})
     if args.output:
         result.save(args.output)
         say(f"plan saved to {args.output}")

@@ -50,23 +50,49 @@ class Device(Protocol):
     memory_efficiency: float
     kernel_launch_overhead_s: float
 
+    sustained_fraction: float | None
+
     def peak(self, dtype: str) -> float: ...
 
-    def matmul_efficiency_at(self, flops: float) -> float: ...
+    def matmul_efficiency_at(self, flops: float, dtype: str | None = None) -> float: ...
+
+    def attention_efficiency_at(self, flops: float) -> float | None: ...
+
+    def memory_bandwidth_at(self, nbytes: float) -> float: ...
+
+
+def arithmetic_efficiency(op_class: str, flops: float, device: Device, dtype: str) -> float:
+    """Fraction of the dtype's peak an op of ``flops`` FLOPs reaches inside a training step:
+    the device's micro-benchmarked efficiency (its measured attention curve for fused
+    attention, else a fixed share of the matmul curve) times the sustained fraction."""
+    if op_class == "attention":
+        measured = device.attention_efficiency_at(flops)
+        efficiency = (measured if measured is not None
+                      else device.matmul_efficiency_at(flops, dtype) * ATTENTION_EFFICIENCY)
+    else:
+        efficiency = device.matmul_efficiency_at(flops, dtype)
+    sustained = device.sustained_fraction
+    return efficiency * (SUSTAINED_GEMM_FRACTION if sustained is None else sustained)
+
+
+def op_time_parts(op_class: str, flops: float, bytes_moved: float, device: Device,
+                  dtype: str) -> tuple[float, float, float]:
+    """(arithmetic, memory, launch) seconds of one op; it takes ``max(arithmetic, memory) +
+    launch``. Apart so that a validation can tell compute-bound time from memory-bound time."""
+    if op_class == "view" or (flops <= 0 and bytes_moved <= 0):
+        return 0.0, 0.0, 0.0
+    arithmetic = 0.0
+    if flops > 0:
+        arithmetic = flops / (device.peak(dtype)
+                              * arithmetic_efficiency(op_class, flops, device, dtype))
+    memory = bytes_moved / device.memory_bandwidth_at(bytes_moved)
+    # The GEMM efficiency curve already holds a matmul's fixed per-kernel time; other kernels
+    # pay a launch on top of their memory time.
+    launch = 0.0 if flops > 0 else device.kernel_launch_overhead_s
+    return arithmetic, memory, launch
 
 
 def op_time(op_class: str, flops: float, bytes_moved: float, device: Device, dtype: str) -> float:
     """Seconds one op takes: roofline of its FLOPs and bytes, plus a kernel launch."""
-    if op_class == "view" or (flops <= 0 and bytes_moved <= 0):
-        return 0.0
-    arithmetic = 0.0
-    if flops > 0:
-        efficiency = device.matmul_efficiency_at(flops) * SUSTAINED_GEMM_FRACTION
-        if op_class == "attention":
-            efficiency *= ATTENTION_EFFICIENCY
-        arithmetic = flops / (device.peak(dtype) * efficiency)
-    memory = bytes_moved / (device.memory_bandwidth * device.memory_efficiency)
-    # The GEMM efficiency curve already holds a matmul's fixed per-kernel time; other kernels
-    # pay a launch on top of their memory time.
-    launch = 0.0 if flops > 0 else device.kernel_launch_overhead_s
+    arithmetic, memory, launch = op_time_parts(op_class, flops, bytes_moved, device, dtype)
     return max(arithmetic, memory) + launch

@@ -33,7 +33,9 @@ __all__ = [
     "LinkProfile",
     "NodeGroup",
     "ProfileError",
+    "check_curve",
     "fixed_overhead_curve",
+    "interpolate_curve",
     "normalize_dtype",
 ]
 
@@ -122,6 +124,46 @@ def fixed_overhead_curve(
     return [(f, float(f"{plateau * f / (f + half):.3g}")) for f in flops]
 
 
+def check_curve(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """An efficiency curve as the cost model needs it: positive FLOPs, strictly increasing,
+    fractions in (0, 1] that never decrease (bigger kernels are never less efficient)."""
+    if not points:
+        raise ValueError("a curve needs at least one (FLOPs, fraction) point")
+    for index, (flops, fraction) in enumerate(points):
+        if not (math.isfinite(flops) and flops > 0):
+            raise ValueError(f"point {index}: FLOPs must be a positive number, got {flops!r}")
+        if not (math.isfinite(fraction) and 0 < fraction <= 1):
+            raise ValueError(f"point {index}: fraction must be in (0, 1], got {fraction!r}")
+    for index in range(1, len(points)):
+        (prev_flops, prev_fraction), (flops, fraction) = points[index - 1], points[index]
+        if flops <= prev_flops:
+            raise ValueError(
+                f"points must be sorted by FLOPs, strictly increasing: point {index} "
+                f"({flops:g} FLOPs) does not come after point {index - 1} ({prev_flops:g})"
+            )
+        if fraction < prev_fraction:
+            raise ValueError(
+                f"efficiency must not decrease as matmuls grow (non-monotone curve): point "
+                f"{index} ({flops:g} FLOPs -> {fraction:g}) is below point {index - 1} "
+                f"({prev_flops:g} FLOPs -> {prev_fraction:g})"
+            )
+    return points
+
+
+def interpolate_curve(points: list[tuple[float, float]], flops: float) -> float:
+    """A curve's value at ``flops`` (or bytes): piecewise-linear in log10, clamped outside."""
+    if not flops > points[0][0]:  # also catches NaN and non-positive sizes
+        return points[0][1]
+    if flops >= points[-1][0]:
+        return points[-1][1]
+    x = math.log10(flops)
+    for (f0, e0), (f1, e1) in zip(points, points[1:], strict=False):
+        if flops <= f1:
+            x0, x1 = math.log10(f0), math.log10(f1)
+            return e0 + (e1 - e0) * (x - x0) / (x1 - x0)
+    return points[-1][1]  # pragma: no cover - unreachable: flops < points[-1][0]
+
+
 class _Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -142,6 +184,21 @@ class DeviceProfile(_Profile):
     """Dense (not 2:4 sparse) peak FLOP/s per dtype, keys from ``DTYPES``."""
     matmul_efficiency: list[tuple[float, float]] = Field(min_length=1)
     """``(FLOPs of one matmul, achievable fraction of peak)`` points, FLOPs increasing."""
+    matmul_efficiency_by_dtype: dict[str, list[tuple[float, float]]] = Field(
+        default_factory=dict)
+    """Measured curves for particular dtypes (fraction of *that* dtype's peak), as
+    ``autopar profile`` writes them; dtypes without one use ``matmul_efficiency``."""
+    attention_efficiency: list[tuple[float, float]] | None = None
+    """Fused attention: ``(FLOPs the kernel performs, fraction of peak)`` points, measured.
+    Without them the cost model takes a fixed share of the matmul curve."""
+    sustained_fraction: float | None = Field(default=None, gt=0, le=2)
+    """Share of the micro-benchmarked efficiency that kernels keep inside a training step;
+    None: the cost model's calibrated default. ``autopar validate --update-profile`` fits it
+    (above 1 when the layers' GEMMs beat the sweep's: shapes it lacks, or a noisy sweep)."""
+    memory_efficiency_by_bytes: list[tuple[float, float]] | None = None
+    """Measured ``(bytes one kernel moves, fraction of memory_bandwidth)`` points; any shape
+    (a CPU is fastest on what fits its caches, a GPU on large kernels). Without them every
+    memory-bound kernel gets ``memory_efficiency``."""
     memory_efficiency: float = Field(default=DEFAULT_MEMORY_EFFICIENCY, gt=0, le=1)
     kernel_launch_overhead_s: float = Field(default=DEFAULT_KERNEL_LAUNCH_OVERHEAD_S, ge=0)
     sources: dict[str, str] = Field(default_factory=dict)
@@ -205,28 +262,48 @@ class DeviceProfile(_Profile):
             peaks[key] = flops
         return peaks
 
-    @field_validator("matmul_efficiency")
+    @field_validator("matmul_efficiency", "attention_efficiency")
     @classmethod
-    def _curve(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        for index, (flops, fraction) in enumerate(points):
-            if not (math.isfinite(flops) and flops > 0):
-                raise ValueError(f"point {index}: FLOPs must be a positive number, got {flops!r}")
-            if not (math.isfinite(fraction) and 0 < fraction <= 1):
-                raise ValueError(f"point {index}: fraction must be in (0, 1], got {fraction!r}")
-        for index in range(1, len(points)):
-            (prev_flops, prev_fraction), (flops, fraction) = points[index - 1], points[index]
-            if flops <= prev_flops:
-                raise ValueError(
-                    f"points must be sorted by FLOPs, strictly increasing: point {index} "
-                    f"({flops:g} FLOPs) does not come after point {index - 1} ({prev_flops:g})"
-                )
-            if fraction < prev_fraction:
-                raise ValueError(
-                    f"efficiency must not decrease as matmuls grow (non-monotone curve): point "
-                    f"{index} ({flops:g} FLOPs -> {fraction:g}) is below point {index - 1} "
-                    f"({prev_flops:g} FLOPs -> {prev_fraction:g})"
-                )
+    def _curve(cls, points: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        return None if points is None else check_curve(points)
+
+    @field_validator("memory_efficiency_by_bytes")
+    @classmethod
+    def _memory_curve(cls, points: list[tuple[float, float]] | None
+                      ) -> list[tuple[float, float]] | None:
+        if points is None:
+            return None
+        if not points:
+            raise ValueError("a curve needs at least one (bytes, fraction) point")
+        for index, (nbytes, fraction) in enumerate(points):
+            if not (math.isfinite(nbytes) and nbytes > 0 and math.isfinite(fraction)
+                    and 0 < fraction <= 1):
+                raise ValueError(f"point {index}: expected bytes > 0 and a fraction in (0, 1], "
+                                 f"got ({nbytes!r}, {fraction!r})")
+            if index and nbytes <= points[index - 1][0]:
+                raise ValueError(f"points must be sorted by bytes, strictly increasing: point "
+                                 f"{index} does not come after point {index - 1}")
         return points
+
+    @field_validator("matmul_efficiency_by_dtype")
+    @classmethod
+    def _curves(cls, curves: dict[str, list[tuple[float, float]]]
+                ) -> dict[str, list[tuple[float, float]]]:
+        checked = {}
+        for key, points in curves.items():
+            if key not in DTYPES:
+                raise ValueError(f"unknown dtype key {key!r}; use one of {', '.join(DTYPES)}")
+            try:
+                checked[key] = check_curve(points)
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+        return checked
+
+    @model_validator(mode="after")
+    def _curve_dtypes(self) -> DeviceProfile:
+        for key in self.matmul_efficiency_by_dtype:
+            self.peak(key)  # a curve for a dtype the device has no peak for is a mistake
+        return self
 
     @field_validator("sources")
     @classmethod
@@ -257,23 +334,32 @@ class DeviceProfile(_Profile):
             "under [peak_flops] in its profile"
         )
 
-    def matmul_efficiency_at(self, flops: float) -> float:
-        """Achievable fraction of peak for one matmul of ``flops`` FLOPs.
+    def matmul_efficiency_at(self, flops: float, dtype: str | None = None) -> float:
+        """Achievable fraction of peak for one matmul of ``flops`` FLOPs in ``dtype``.
 
+        The dtype's own measured curve when the profile has one, else ``matmul_efficiency``.
         Piecewise-linear in log10(FLOPs) between the points, clamped to the first and last
         fraction outside them; non-decreasing in ``flops``.
         """
         points = self.matmul_efficiency
-        if not flops > points[0][0]:  # also catches NaN and non-positive sizes
-            return points[0][1]
-        if flops >= points[-1][0]:
-            return points[-1][1]
-        x = math.log10(flops)
-        for (f0, e0), (f1, e1) in zip(points, points[1:], strict=False):
-            if flops <= f1:
-                x0, x1 = math.log10(f0), math.log10(f1)
-                return e0 + (e1 - e0) * (x - x0) / (x1 - x0)
-        return points[-1][1]  # pragma: no cover - unreachable: flops < points[-1][0]
+        if dtype is not None and self.matmul_efficiency_by_dtype:
+            key = normalize_dtype(dtype)
+            points = self.matmul_efficiency_by_dtype.get(
+                key, self.matmul_efficiency_by_dtype.get(_HALF_PARTNER.get(key, ""), points))
+        return interpolate_curve(points, flops)
+
+    def memory_bandwidth_at(self, nbytes: float) -> float:
+        """Achievable bytes/s of a memory-bound kernel moving ``nbytes``."""
+        if self.memory_efficiency_by_bytes is None:
+            return self.memory_bandwidth * self.memory_efficiency
+        return self.memory_bandwidth * interpolate_curve(self.memory_efficiency_by_bytes, nbytes)
+
+    def attention_efficiency_at(self, flops: float) -> float | None:
+        """Measured fraction of peak a fused attention kernel performing ``flops`` FLOPs
+        reaches, or None when the profile has no attention curve."""
+        if self.attention_efficiency is None:
+            return None
+        return interpolate_curve(self.attention_efficiency, flops)
 
     @classmethod
     def from_profile(cls, name: str | Path) -> DeviceProfile:
