@@ -183,3 +183,53 @@ def test_bad_constraints_are_refused() -> None:
     with pytest.raises(ConfigError, match="global_batch_size"):
         autopar.plan(small_gpt_graph(), Cluster.from_profile("dgx-a100", nodes=1),
                      global_batch_size=0)
+
+
+def test_critical_path_is_the_simulated_step_for_fixed_orders() -> None:
+    """The stage model's cuts: the longest path of a schedule's graph is exactly what
+    ``simulate`` returns for fixed-order schedules, and no more than it for zero-bubble (whose
+    weight gradients the graph leaves out); its counts reproduce its length."""
+    import random
+
+    from autopar.cost_models.pipeline import StageCost, simulate
+
+    from autopar.solver.paths import critical_path
+
+    rng = random.Random(0)
+    for _ in range(150):
+        schedule = rng.choice(["gpipe", "1f1b", "interleaved", "zero_bubble"])
+        p = rng.randint(1, 5)
+        v = rng.randint(2, 3) if schedule == "interleaved" else 1
+        m = p * rng.randint(1, 3) if schedule == "interleaved" else rng.randint(1, 9)
+        k = p * v
+        f = [rng.randint(1, 1000) for _ in range(k)]
+        b = [2 * rng.randint(1, 1000) for _ in range(k)]
+        s = [rng.randint(0, 300) for _ in range(k)]
+        step = simulate([StageCost(f[i], b[i], send=s[i]) for i in range(k)], m, schedule,
+                        v).step_time
+        back = [x // 2 for x in b] if schedule == "zero_bubble" else b
+        length, path = critical_path(schedule, p, m, v, f, back, s)
+        assert length == sum(path.forwards[i] * f[i] + path.backwards[i] * back[i]
+                             + path.sends[i] * s[i] for i in range(k))
+        if schedule == "zero_bubble":
+            assert length <= step
+        else:
+            assert length == step
+
+
+def test_peak_in_flight_closed_form_matches_the_orders() -> None:
+    from autopar.cost_models.pipeline import (
+        SCHEDULES,
+        _orders,
+        _peak_activations,
+        peak_in_flight,
+    )
+
+    for schedule in SCHEDULES:
+        for p in range(1, 7):
+            for m in range(1, 20):
+                for v in range(1, 4) if schedule == "interleaved" else (1,):
+                    if v > 1 and m % p:
+                        continue
+                    expected = tuple(_peak_activations(o) for o in _orders(schedule, p, m, v))
+                    assert peak_in_flight(schedule, p, m, v) == expected
