@@ -75,6 +75,26 @@ def layer_profiles(graph: ModelGraph) -> list[LayerProfile]:
     return cached[kernels]
 
 
+def layer_outputs(graph: ModelGraph) -> list[tuple[float, bool]]:
+    """Per layer: bytes per sample of the last tensor its ops write (its output), and whether
+    tensor parallelism splits it (a vocabulary-parallel head's logits)."""
+    last: dict[int, dict] = {}
+    for _, data in graph.graph.nodes(data=True):
+        if data["bytes_written"] > 0:
+            last[data["layer"]] = data
+    outputs = []
+    for layer in graph.layers:
+        data = last.get(layer.index)
+        if data is None:
+            outputs.append((0.0, False))
+            continue
+        regions, head = _regions(layer)
+        sharded = _inside(data["module"], regions) or (
+            head and data["op_class"] != "normalisation")
+        outputs.append((data["bytes_written"] / graph.batch_size, sharded))
+    return outputs
+
+
 def _op_cost(data: dict, batch: int, sharded: bool, core: bool,
              repeated_kv: tuple[float, float] = (0.0, 0.0)) -> OpCost:
     """One traced op as its own kernel; ``repeated_kv``: (read, saved) bytes of repeated K/V

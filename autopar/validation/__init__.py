@@ -24,7 +24,7 @@ from autopar.cluster import DeviceProfile, NodeGroup
 from autopar.cost_models.pipeline import peak_in_flight
 from autopar.estimate import repeated_blocks
 from autopar.executor.layout import example_inputs, layout_of, meta_copy
-from autopar.layer_profiles import layer_profiles
+from autopar.layer_profiles import layer_outputs, layer_profiles
 from autopar.plan import Plan
 from autopar.profiling.measure import resolve_device
 from autopar.tracing import trace
@@ -96,6 +96,7 @@ class Validation:
         graph.kernels = kernels
         self.layers = layout_of(model, plan, graph=graph).layers
         self.profiles = layer_profiles(graph)
+        self.outputs = layer_outputs(graph)
         self.seq = graph.seq_len
         progress("recording each layer's inputs")
         calls = capture_calls(model, self.layers, inputs, kwargs, self.device, dtype)
@@ -162,7 +163,8 @@ class Validation:
         rows: list[LayerRow] = []
         planned: dict[int, Predicted] = {}
         for run in self.runs:
-            guess = predict(self.profiles, run.index, predicted_config, groups[run.stage],
+            guess = predict(self.profiles, self.outputs, run.index, predicted_config,
+                            groups[run.stage],
                             plan.precision, self.seq, run.mode, self.dtype.itemsize)
             is_planned = run.mode == config.recompute_of(run.index)
             if is_planned:

@@ -46,18 +46,22 @@ class Predicted:
                 + self.output_bytes + self.input_grad_bytes)
 
 
-def predict(profiles: list[LayerProfile], i: int, config: ParallelConfig, group: NodeGroup,
-            precision: str, seq: int, mode: str, grad_bytes_per_param: int) -> Predicted:
-    """Layer ``i`` of a rank of ``group`` under ``config``, recomputed in ``mode``."""
+def predict(profiles: list[LayerProfile], outputs: list[tuple[float, bool]], i: int,
+            config: ParallelConfig, group: NodeGroup, precision: str, seq: int, mode: str,
+            grad_bytes_per_param: int) -> Predicted:
+    """Layer ``i`` of a rank of ``group`` under ``config``, recomputed in ``mode``;
+    ``outputs`` are ``layer_profiles.layer_outputs`` of the graph."""
     cost = layer_cost(profiles[i], config, group, precision, seq)
     kept, needed = layer_activation(profiles, i, config, mode)
     arithmetic, memory = _bound_parts(profiles[i], config, group, precision, mode)
     grads = profiles[i].params_per_rank(config.tp) * grad_bytes_per_param
-    tokens = config.micro_batch_size / config.cp
+
+    def output(j: int) -> float:
+        nbytes, sharded = outputs[j]
+        return nbytes * config.micro_batch_size / config.cp / (config.tp if sharded else 1)
     return Predicted(forward_s=cost.forward, backward_s=cost.backward + cost.recompute(mode),
                      saved_bytes=kept, working_bytes=needed, gradient_bytes=grads,
-                     output_bytes=profiles[i].boundary_bytes * tokens,
-                     input_grad_bytes=profiles[i - 1].boundary_bytes * tokens if i else 0.0,
+                     output_bytes=output(i), input_grad_bytes=output(i - 1) if i else 0.0,
                      arithmetic_s=arithmetic, memory_s=memory)
 
 
