@@ -22,16 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict
 
 from autopar.plan import Plan
 from autopar.table import render
 from autopar.validation.local_layers import ValidationError
-from autopar.validation.report import relative_error
+from autopar.validation.report import Compared
 
 
-class RankRow(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class RankRow(Compared):
+    """One rank of the real run."""
 
     rank: int
     stage: int
@@ -40,15 +40,11 @@ class RankRow(BaseModel):
     predicted_peak_bytes: float
     measured_peak_bytes: float
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def time_error(self) -> float | None:
-        return relative_error(self.predicted_step_s, self.measured_step_s)
+    def times(self) -> tuple[float, float]:
+        return self.predicted_step_s, self.measured_step_s
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def peak_error(self) -> float | None:
-        return relative_error(self.predicted_peak_bytes, self.measured_peak_bytes)
+    def peaks(self) -> tuple[float, float]:
+        return self.predicted_peak_bytes, self.measured_peak_bytes
 
 
 class RunReport(BaseModel):

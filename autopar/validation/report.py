@@ -19,10 +19,32 @@ def relative_error(predicted: float, measured: float) -> float | None:
     return (predicted - measured) / measured if measured > 0 else None
 
 
-class LayerRow(BaseModel):
-    """One layer of one stage in one recomputation mode, for one micro-batch on one rank."""
+class Compared(BaseModel):
+    """A row of predicted and measured time and peak memory, with the two errors."""
 
     model_config = ConfigDict(frozen=True)
+
+    def times(self) -> tuple[float, float]:
+        """(predicted, measured) seconds."""
+        raise NotImplementedError
+
+    def peaks(self) -> tuple[float, float]:
+        """(predicted, measured) bytes."""
+        raise NotImplementedError
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def time_error(self) -> float | None:
+        return relative_error(*self.times())
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def peak_error(self) -> float | None:
+        return relative_error(*self.peaks())
+
+
+class LayerRow(Compared):
+    """One layer of one stage in one recomputation mode, for one micro-batch on one rank."""
 
     stage: int
     index: int
@@ -41,23 +63,17 @@ class LayerRow(BaseModel):
     predicted_arithmetic_s: float
     predicted_memory_s: float
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def time_error(self) -> float | None:
+    def times(self) -> tuple[float, float]:
         """Of forward + backward."""
-        return relative_error(self.predicted_forward_s + self.predicted_backward_s,
-                              self.measured_forward_s + self.measured_backward_s)
+        return (self.predicted_forward_s + self.predicted_backward_s,
+                self.measured_forward_s + self.measured_backward_s)
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def peak_error(self) -> float | None:
-        return relative_error(self.predicted_peak_bytes, self.measured_peak_bytes)
+    def peaks(self) -> tuple[float, float]:
+        return self.predicted_peak_bytes, self.measured_peak_bytes
 
 
-class StageRow(BaseModel):
+class StageRow(Compared):
     """One pipeline stage's rank: its layers chained in their planned modes."""
-
-    model_config = ConfigDict(frozen=True)
 
     stage: int
     layers: int
@@ -67,15 +83,11 @@ class StageRow(BaseModel):
     predicted_peak_bytes: float = Field(description="activations held at the peak + gradients")
     measured_peak_bytes: float
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def time_error(self) -> float | None:
-        return relative_error(self.predicted_time_s, self.measured_time_s)
+    def times(self) -> tuple[float, float]:
+        return self.predicted_time_s, self.measured_time_s
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def peak_error(self) -> float | None:
-        return relative_error(self.predicted_peak_bytes, self.measured_peak_bytes)
+    def peaks(self) -> tuple[float, float]:
+        return self.predicted_peak_bytes, self.measured_peak_bytes
 
 
 class ValidationReport(BaseModel):
