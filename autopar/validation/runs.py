@@ -22,6 +22,11 @@ from autopar.tracing import Layer
 from autopar.validation.local_layers import Call, output_tensor
 
 
+SPAN_S = 0.25
+"""Repeat a run until the repeats span this long: on a shared machine a layer of milliseconds
+needs tens of tries to find one no other process interrupted."""
+
+
 @dataclass(frozen=True)
 class Measured:
     """One layer (or chain) in one recomputation mode, one micro-batch."""
@@ -90,8 +95,8 @@ def measure(modules: list[nn.Module], calls: list[Call], device: torch.device,
             if leaf is not None:
                 leaf.grad = None
 
-    fwd = best_time(_holding(forward), device, repeats=repeats)
-    both = best_time(step, device, repeats=repeats)
+    fwd = best_time(_holding(forward), device, repeats=repeats, span_s=SPAN_S)
+    both = best_time(step, device, repeats=repeats, span_s=SPAN_S)
     out, held = held_memory(lambda: forward(fresh_input=True), device)
     return Measured(forward_s=fwd, backward_s=max(0.0, both - fwd),
                     saved_bytes=max(0, held - out.untyped_storage().nbytes()),
