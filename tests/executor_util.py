@@ -3,6 +3,7 @@ that runs a function on N CPU processes (gloo) and collects what each returns.""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import tempfile
@@ -64,12 +65,12 @@ def run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> list[Any]:
 
 # --- models ---------------------------------------------------------------------------------
 
-def llama(layers: int = 4) -> nn.Module:
+def llama(layers: int = 4, attention: str = "eager") -> nn.Module:
     import transformers as T
     cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
                         max_position_embeddings=32, use_cache=False)
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = attention
     return T.LlamaForCausalLM(cfg)
 
 
@@ -87,7 +88,9 @@ def mlp() -> nn.Module:
                          nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
 
 
-MODELS = {"llama": llama, "gpt2": gpt2, "mlp": mlp}
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "llama": llama, "llama_sdpa": functools.partial(llama, attention="sdpa"), "gpt2": gpt2,
+    "mlp": mlp}
 SEQ = 8
 
 
@@ -179,6 +182,22 @@ def train_parallel(pm: Any, name: str, plan: Plan, steps: int, lr: float = 0.1
         opt.zero_grad()
         losses.append(loss.item())
     return losses, pm.full_state_dict()
+
+
+Recorded = tuple[list[float], dict[str, torch.Tensor], list[tuple[int, ...]]]
+
+
+def train_recording_outputs(rank: int, name: str, plan: Plan, graph: autopar.ModelGraph,
+                            steps: int) -> Recorded:
+    """``train_ranks``, also recording the shape of every output of this rank's parts (what a
+    pipeline stage sends, or the logits)."""
+    pm = autopar.parallelize(build(name), plan, graph=graph)
+    shapes: list[tuple[int, ...]] = []
+    for part in pm.parts:
+        part.register_forward_hook(
+            lambda _m, _a, out: shapes.append(tuple(model_output(out).shape)))
+    losses, weights = train_parallel(pm, name, plan, steps)
+    return losses, weights, shapes
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,15 +7,11 @@ import functools
 import warnings
 
 import pytest
-import torch
 
 from autopar.executor.errors import PlanMismatchError
 from autopar.executor.layout import check_world, layout_of
 from autopar.executor.sp import GatherInput, sp_plan
-from autopar.executor.split import model_output
 from autopar.executor.tp import sequence_parallel_applies, tied_modules, tp_plan
-from autopar.plan import Plan
-from autopar.tracing import ModelGraph
 from tests.executor_util import (
     SEQ,
     build,
@@ -24,8 +20,8 @@ from tests.executor_util import (
     make_plan,
     reference,
     run_ranks,
-    train_parallel,
     train_ranks,
+    train_recording_outputs,
 )
 
 GLOBAL_BATCH = 8
@@ -77,24 +73,6 @@ def test_schedules_zero_and_recompute(config: dict[str, object]) -> None:
     assert _check("llama", **config) <= TOLERANCE
 
 
-Recorded = tuple[list[float], dict[str, torch.Tensor], list[tuple[int, ...]]]
-
-
-def _train_recording_outputs(rank: int, name: str, plan: Plan, graph: ModelGraph,
-                             steps: int) -> Recorded:
-    """``train_ranks``, also recording the shape of every output of this rank's parts (what a
-    pipeline stage sends)."""
-    import autopar
-
-    pm = autopar.parallelize(build(name), plan, graph=graph)
-    shapes: list[tuple[int, ...]] = []
-    for part in pm.parts:
-        part.register_forward_hook(
-            lambda _m, _a, out: shapes.append(tuple(model_output(out).shape)))
-    losses, weights = train_parallel(pm, name, plan, steps)
-    return losses, weights, shapes
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [dict(tp=2, dp=2), dict(pp=2, tp=2)],
                          ids=["tp2dp2", "pp2tp2"])
@@ -103,7 +81,7 @@ def test_sequence_parallel_same_as_single_process(config: dict[str, int]) -> Non
     plan = make_plan(graph, GLOBAL_BATCH, sequence_parallel=True, **config)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # forked ranks inherit it: a fallback fails the test
-        ranks = run_ranks(plan.world_size, _train_recording_outputs, "llama", plan, graph, STEPS)
+        ranks = run_ranks(plan.world_size, train_recording_outputs, "llama", plan, graph, STEPS)
     worst = compare([r[:2] for r in ranks], _reference("llama"))
     assert worst <= TOLERANCE, f"llama {config}+sp: max relative difference {worst:.2e}"
     if config.get("pp"):  # the first stage sends its tp rank's half of the sequence

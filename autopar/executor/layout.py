@@ -16,6 +16,7 @@ from torch import nn
 
 from autopar.config import ParallelConfig
 from autopar.estimate import repeated_blocks
+from autopar.executor.cp import check_cp
 from autopar.executor.errors import ExecutorError, PlanMismatchError
 from autopar.plan import Plan
 from autopar.tracing import Layer, ModelGraph, trace
@@ -99,9 +100,7 @@ def layout_of(model: nn.Module, plan: Plan, *, graph: ModelGraph | None = None,
               inputs: Any = None) -> Layout:
     """Trace (a meta copy of) the model, check it against the plan, split it into chunks."""
     config = plan.config
-    if config.cp > 1:
-        raise ExecutorError(f"context parallelism (cp={config.cp}) is not executed yet; plan "
-                            "with constraints={'cp': 1}")
+    check_cp(model, config.cp)
     if graph is None:
         meta = meta_copy(model)
         args = inputs if inputs is not None else example_inputs(meta, plan)

@@ -35,3 +35,12 @@ def local_device() -> torch.device:
 def build_mesh(shape: tuple[int, int, int, int]) -> DeviceMesh:
     """The world as a 4-d mesh ``(pp, dp, cp, tp)``; rank = ((pp*dp + dp)*cp + cp)*tp + tp."""
     return init_device_mesh(device_type(), shape, mesh_dim_names=MESH_DIMS)
+
+
+def replica_mesh(mesh: DeviceMesh) -> DeviceMesh:
+    """The ranks whose gradients are averaged together: dp, or dp x cp flattened into one
+    dimension (context-parallel ranks hold the same weights and see other tokens of the same
+    samples, so their gradients are partial sums of the same batch's, like dp replicas')."""
+    if mesh["cp"].size() == 1:
+        return mesh["dp"]
+    return mesh["dp", "cp"]._flatten("dp_cp")

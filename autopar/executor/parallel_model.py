@@ -12,22 +12,24 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
+from autopar.executor.cp import shard_sequence
 from autopar.executor.dp import average_grads, sum_grads
 from autopar.executor.errors import ExecutorError
 from autopar.executor.layout import Layout
 from autopar.executor.pp import build_schedule, build_stages
-from autopar.executor.split import inner_model, model_output
+from autopar.executor.split import inner_model, model_output, pop_positional
 
 Batch = tuple[Any, torch.Tensor]
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
-def as_kwargs(inputs: Any) -> tuple[dict[str, torch.Tensor], int]:
-    """The model's inputs as keyword arguments (positional ones as ``_arg<i>``)."""
+def as_kwargs(inputs: Any) -> dict[str, torch.Tensor]:
+    """The model's inputs as keyword arguments (positional ones as ``_arg<i>``, which
+    ``pop_positional`` takes back out)."""
     if isinstance(inputs, dict):
-        return dict(inputs), 0
+        return dict(inputs)
     args = inputs if isinstance(inputs, tuple | list) else (inputs,)
-    return {f"_arg{i}": a for i, a in enumerate(args)}, len(args)
+    return {f"_arg{i}": a for i, a in enumerate(args)}
 
 
 def _slice(value: Any, start: int, stop: int) -> Any:
@@ -67,12 +69,14 @@ class ParallelModel:
     """The model parts this rank runs (``parts``: one per pipeline chunk), with the mesh."""
 
     def __init__(self, parts: list[nn.Module], chunk_ids: list[int], layout: Layout,
-                 mesh: DeviceMesh, device: torch.device,
+                 mesh: DeviceMesh, replicas: DeviceMesh, device: torch.device,
                  ties: list[tuple[list[nn.Parameter], dist.ProcessGroup]]) -> None:
         self.parts = parts
         self.chunk_ids = chunk_ids
         self.layout = layout
         self.mesh = mesh
+        self.replicas = replicas
+        """The ranks whose gradients are averaged together (dp, or dp x cp)."""
         self.device = device
         self.config = layout.config
         self.ties = ties
@@ -131,10 +135,14 @@ class ParallelModel:
     def train_step(self, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
         """Forward and backward over this rank's share of the global batch (``batch`` is the
         global batch or this replica's slice of it); returns the loss averaged over the whole
-        global batch, on every rank. Gradients are left for the optimizer's step."""
+        global batch, on every rank. Gradients are left for the optimizer's step. Under
+        context parallelism each rank keeps its part of every sequence (``shard_sequence``)."""
         if _rows(batch) == self.layout.global_batch_size and self.config.dp > 1:
             batch = self.shard_batch(batch)
         inputs, target = batch
+        if self.config.cp > 1:
+            inputs, target = shard_sequence(as_kwargs(inputs), target, self.config.cp,
+                                            self.coordinate("cp"))
         inputs = _to(inputs, self.device)
         target = _to(target, self.device)
         if self.config.pp > 1:
@@ -152,10 +160,10 @@ class ParallelModel:
         return (totals[0] / totals[1]).to(torch.float32)
 
     def _sync_manual(self) -> None:
-        """Average gradients over dp where DDP does not wrap the model (tensor parallel)."""
-        if self.config.zero_stage == 0 and self.config.dp > 1:
-            dp = self.mesh["dp"]
-            average_grads(self.parameters(), dp.get_group(), dp.size())
+        """Average gradients over dp (x cp) where DDP does not wrap the model (tensor
+        parallel)."""
+        if self.config.zero_stage == 0 and self.replicas.size() > 1:
+            average_grads(self.parameters(), self.replicas.get_group(), self.replicas.size())
 
     def _plain_step(self, inputs: Any, target: torch.Tensor, loss_fn: LossFn
                     ) -> tuple[torch.Tensor, int]:
@@ -163,10 +171,10 @@ class ParallelModel:
         n = self.microbatches
         per = _rows(target) // n
         total = torch.zeros((), device=self.device)
-        kwargs, positional = as_kwargs(inputs)
+        kwargs = as_kwargs(inputs)
         for i in range(n):
             mb = _slice(kwargs, i * per, (i + 1) * per)
-            args = [mb.pop(f"_arg{j}") for j in range(positional)]
+            args = pop_positional(mb)
             last = i == n - 1
             sync = (model.no_sync() if isinstance(model, DistributedDataParallel) and not last
                     else nullcontext())
@@ -183,7 +191,7 @@ class ParallelModel:
         if schedule is None:
             schedule = build_schedule(self._stages, self.config, self.microbatches, loss_fn)
             self._schedules = {id(loss_fn): schedule}
-        kwargs, _ = as_kwargs(inputs)
+        kwargs = as_kwargs(inputs)
         is_last = any(s.is_last for s in self._stages)
         losses: list[torch.Tensor] = []
         schedule.step(target=target if is_last else None, losses=losses if is_last else None,

@@ -1,5 +1,6 @@
 """``autopar.parallelize``: apply a plan to a model on this rank, in one fixed order:
-pipeline split -> tensor parallel -> activation recomputation -> FSDP -> materialise -> DDP."""
+pipeline split -> tensor parallel -> context parallel -> activation recomputation -> FSDP ->
+materialise -> DDP."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch.distributed as dist
 from torch import nn
 
 from autopar.executor.ac import apply_ac
+from autopar.executor.cp import apply_cp
 from autopar.executor.dp import apply_ddp, apply_fsdp
 from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
 from autopar.executor.materialise import InitWeights, materialise, sync_replicas
-from autopar.executor.mesh import build_mesh, init_process_group, local_device
+from autopar.executor.mesh import build_mesh, init_process_group, local_device, replica_mesh
 from autopar.executor.parallel_model import ParallelModel
 from autopar.executor.sp import shard_stage_boundaries
 from autopar.executor.split import Chunk, inner_model, shared_copy
@@ -38,6 +40,7 @@ def parallelize(model: nn.Module, plan: Plan, *,
     check_world(plan, dist.get_world_size())
     layout = layout_of(model, plan, graph=graph, inputs=example_inputs)
     mesh = build_mesh(layout.mesh_shape)
+    replicas = replica_mesh(mesh)
     device = local_device()
     config = layout.config
     pp_rank = mesh.get_local_rank("pp")
@@ -59,16 +62,17 @@ def parallelize(model: nn.Module, plan: Plan, *,
         if sp and isinstance(part, Chunk):
             entry = None if part.entry is None else root.get_submodule(part.entry)
             shard_stage_boundaries(part, entry, mesh["tp"])
+        apply_cp(root, mesh["cp"])
         apply_ac(root, live, config)
-        if config.dp > 1 and config.zero_stage > 0:
-            apply_fsdp(part, live, mesh["dp"], config.zero_stage, plan.precision)
+        if replicas.size() > 1 and config.zero_stage > 0:
+            apply_fsdp(part, live, replicas, config.zero_stage, plan.precision)
         if materialise(part, device, init_weights):
             sync_replicas(part, mesh)
-        if config.dp > 1 and config.zero_stage == 0 and config.tp == 1:
-            part = apply_ddp(part, mesh["dp"])
+        if replicas.size() > 1 and config.zero_stage == 0 and config.tp == 1:
+            part = apply_ddp(part, replicas)
         parts.append(part)
     ties = _tied_groups(model, layout, mesh, parts, chunk_ids)
-    return ParallelModel(parts, chunk_ids, layout, mesh, device, ties)
+    return ParallelModel(parts, chunk_ids, layout, mesh, replicas, device, ties)
 
 
 def _tied_groups(model: nn.Module, layout: Layout, mesh: Any, parts: list[nn.Module],

@@ -45,6 +45,15 @@ def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int | s
     raise ExecutorError("a pipeline cut lies before a module called without a tensor argument")
 
 
+def pop_positional(inputs: dict[str, Any]) -> list[Any]:
+    """Take the positional arguments (``_arg0``, ``_arg1``, ...) out of a model's inputs written
+    as keyword arguments (``parallel_model.as_kwargs``)."""
+    args: list[Any] = []
+    while f"_arg{len(args)}" in inputs:
+        args.append(inputs.pop(f"_arg{len(args)}"))
+    return args
+
+
 class _Stub(nn.Module):
     """Stands in for a module of another pipeline chunk."""
 
@@ -136,9 +145,7 @@ class Chunk(nn.Module):
         return args, kwargs
 
     def forward(self, *received: torch.Tensor, **inputs: torch.Tensor) -> Any:
-        args: list[torch.Tensor] = []
-        while f"_arg{len(args)}" in inputs:
-            args.append(inputs.pop(f"_arg{len(args)}"))
+        args = pop_positional(inputs)
         if not self.first:
             self._received = received[0]
         try:
