@@ -21,7 +21,6 @@ from autopar.profiling.measure import best_time, held_memory, peak_memory
 from autopar.tracing import Layer
 from autopar.validation.local_layers import Call, output_tensor
 
-
 SPAN_S = 0.25
 """Repeat a run until the repeats span this long: on a shared machine a layer of milliseconds
 needs tens of tries to find one no other process interrupted."""
