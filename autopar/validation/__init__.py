@@ -73,8 +73,10 @@ class Validation:
         config = plan.config
         if config.cp > 1:
             raise ValidationError(f"plans with context parallelism (cp={config.cp}) cannot be "
-                                  "validated yet: a rank's attention needs the ring exchange; "
-                                  "validate a plan made with constraints={'cp': 1}")
+                                  "validated layer by layer: a rank's attention needs the other "
+                                  "ranks' keys and values; run the whole plan with --run "
+                                  "(autopar.validation.distributed), or validate a plan made "
+                                  "with constraints={'cp': 1}")
         if repeats < 1:
             raise ValidationError(f"repeats must be at least 1, got {repeats}")
         if kernels not in ("eager", "fused"):
