@@ -253,9 +253,35 @@ class LayerCost:
         return self.tp_allreduce * (3 if mode == "full" else 2) + self.cp_exposed
 
 
+_LAYER_COSTS: dict[tuple, tuple[LayerProfile, NodeGroup, LayerCost]] = {}
+"""``layer_cost`` results of this process, keyed by the identity of the (frozen) profile and
+node group, which each entry keeps alive (so an id is never reused while its entry stands),
+and by the figures of the configuration it reads."""
+
+_CACHE_ENTRIES = 1 << 16
+
+
 def layer_cost(profile: LayerProfile, config: ParallelConfig, group: NodeGroup, precision: str,
                seq: int) -> LayerCost:
-    """What one layer costs one device of ``group`` per micro-batch under ``config``."""
+    """What one layer costs one device of ``group`` per micro-batch under ``config``.
+
+    Cached within the process: a model's identical blocks, and every configuration sharing
+    tp, sequence parallelism, cp and micro-batch size, cost the same (the same function of the
+    same frozen inputs, so the figures are equal to the bit)."""
+    key = (id(profile), id(group), config.micro_batch_size, config.tp,
+           config.sequence_parallel, config.cp, precision, seq)
+    hit = _LAYER_COSTS.get(key)
+    if hit is not None and hit[0] is profile and hit[1] is group:
+        return hit[2]
+    cost = _layer_cost(profile, config, group, precision, seq)
+    if len(_LAYER_COSTS) >= _CACHE_ENTRIES:
+        _LAYER_COSTS.clear()
+    _LAYER_COSTS[key] = (profile, group, cost)
+    return cost
+
+
+def _layer_cost(profile: LayerProfile, config: ParallelConfig, group: NodeGroup,
+                precision: str, seq: int) -> LayerCost:
     b = config.micro_batch_size
     forward, backward, attention = layer_time(
         profile, b, group.device, precision, tp=config.tp,
@@ -271,10 +297,27 @@ def layer_cost(profile: LayerProfile, config: ParallelConfig, group: NodeGroup, 
     return LayerCost(forward, backward, attention, allreduce, ring)
 
 
+_SEND_TIMES: dict[tuple, tuple[NodeGroup, float]] = {}
+"""``send_time`` results of this process (keyed as ``_LAYER_COSTS``)."""
+
+
 def send_time(boundary_bytes: float, config: ParallelConfig, group: NodeGroup) -> float:
     """Seconds to pass one micro-batch's activations across a pipeline-stage boundary."""
     if config.pp == 1:
         return 0.0
+    key = (boundary_bytes, id(group), config.micro_batch_size, config.cp,
+           config.sequence_parallel, config.tp, config.dp)
+    hit = _SEND_TIMES.get(key)
+    if hit is not None and hit[0] is group:
+        return hit[1]
+    seconds = _send_time_of(boundary_bytes, config, group)
+    if len(_SEND_TIMES) >= _CACHE_ENTRIES:
+        _SEND_TIMES.clear()
+    _SEND_TIMES[key] = (group, seconds)
+    return seconds
+
+
+def _send_time_of(boundary_bytes: float, config: ParallelConfig, group: NodeGroup) -> float:
     nbytes = boundary_bytes * config.micro_batch_size / config.cp
     if config.sequence_parallel:
         nbytes /= config.tp

@@ -232,3 +232,26 @@ def test_invalid_inputs_raise_pipeline_error(call, match):
     assert issubclass(PipelineError, AutoparError)
     with pytest.raises(PipelineError, match=match):
         call()
+
+
+def test_fixed_order_schedules_equal_the_event_simulation_to_the_bit() -> None:
+    """``simulate`` runs GPipe, 1F1B and interleaved without the event queue (each op in its
+    device's order): step time, busy times (so the bubble) and memory are exactly what the
+    event simulation of the same orders gives."""
+    import random
+
+    from autopar.cost_models.pipeline import _orders, _peak_activations, _Simulation
+
+    rng = random.Random(3)
+    for _ in range(400):
+        schedule = rng.choice(["gpipe", "1f1b", "interleaved"])
+        p = rng.randint(1, 7)
+        v = rng.randint(1, 4) if schedule == "interleaved" else 1
+        m = p * rng.randint(1, 4) if schedule == "interleaved" else rng.randint(1, 12)
+        stages = [StageCost(rng.random(), 3 * rng.random(),
+                            send=rng.choice([0.0, 0.3 * rng.random()])) for _ in range(p * v)]
+        r = simulate(stages, m, schedule, v)  # type: ignore[arg-type]
+        orders = _orders(schedule, p, m, v)
+        step, busy = _Simulation(stages, orders, False).run()
+        assert r.step_time == step and r.bubble_time == step - max(busy)
+        assert r.in_flight == [_peak_activations(o) for o in orders]
