@@ -89,7 +89,9 @@ def launch(plan_path: str, plan: Plan, source: dict[str, Any], *, steps: int,
                               env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
                                   "OMP_NUM_THREADS", "1")})
         if done.returncode != 0 or not out.exists():
-            errors = [line for line in done.stderr.splitlines() if "Error" in line]
+            lines = done.stderr.splitlines()
+            errors = ([line for line in lines if line.startswith("[rank") and "Error" in line]
+                      or [line for line in lines if "Error" in line])
             last = errors[-1].strip() if errors else done.stderr.strip()[-300:]
             raise ValidationError(f"the run of the plan failed (exit {done.returncode}): {last}")
         figures = json.loads(out.read_text())
@@ -122,7 +124,9 @@ def _worker(plan_path: str, source: dict[str, Any], steps: int, device: str, out
     job = autopar.parallelize(loaded.model, plan, init_weights=_random_weights)
     optimizer = job.build_optimizer()
     batch = _global_batch(loaded.example_inputs, plan.global_batch_size)
-    target = torch.zeros(plan.global_batch_size)
+    # The loss ignores the target, but the executor splits it like the input (by sequence
+    # under context parallelism): give it the input's leading dimensions.
+    target = torch.zeros(batch.shape[:2] if batch.dim() >= 2 else batch.shape[:1])
 
     def loss_fn(output: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return output.float().square().mean()
