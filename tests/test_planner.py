@@ -233,3 +233,78 @@ def test_peak_in_flight_closed_form_matches_the_orders() -> None:
                         continue
                     expected = tuple(_peak_activations(o) for o in _orders(schedule, p, m, v))
                     assert peak_in_flight(schedule, p, m, v) == expected
+
+
+def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
+    """``_shape_bound`` (work, whole layers on the busiest device, interleaved sends, ZeRO-3
+    sync, fill) against ``estimate()`` of every contiguous split, under uniform and random
+    per-layer recomputation, for sampled shapes of a small GPT on a tight node."""
+    import random
+
+    from autopar.layer_profiles import layer_profiles
+    from autopar.solver.constraints import Constraints
+    from autopar.solver.search import _shape_bound
+    from autopar.solver.space import Shape
+    from autopar.solver.tables import LayerClasses, ShapeTables
+
+    graph = small_gpt_graph()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
+    gbs = 16
+    n = len(graph.layers)
+    profiles = layer_profiles(graph)
+    classes = LayerClasses(graph, profiles)
+    rules = Constraints.of(None)
+    costs: dict[tuple, object] = {}
+    rng = random.Random(7)
+    checked = 0
+    for tp, pp, zero, schedule, v, mbs in itertools.product(
+            (1, 2), (2, 4), (1, 3), ("gpipe", "1f1b", "interleaved", "zero_bubble"), (1, 2),
+            (1, 2)):
+        if (schedule == "interleaved") != (v > 1):
+            continue
+        dp = 8 // (tp * pp)
+        shape = Shape(tp, pp, 1, dp, zero, tp > 1, schedule, v, mbs)
+        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
+                             rules.recompute, rules.memory_headroom, costs)
+        bound, _ = _shape_bound(tables)
+        patterns = [(m,) * n for m in ("none", "selective", "full")]
+        patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
+                     for _ in range(4)]
+        for cuts in itertools.combinations(range(1, n), pp * v - 1):
+            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+            for modes in patterns:
+                try:
+                    e = estimate(graph, cluster, shape.config(layers_per_stage=split,
+                                                              recompute=modes),
+                                 global_batch_size=gbs)
+                except ConfigError:
+                    continue
+                if e.fits and e.peak_memory <= e.capacity * (1 - rules.memory_headroom):
+                    assert bound <= e.step_time, (shape, split, modes, bound, e.step_time)
+                    checked += 1
+    assert checked > 1000
+
+
+def test_interleaved_sends_bound_the_simulated_step() -> None:
+    """The interleaved schedule's step is at least m/p of all the work plus
+    ``interleaved_sends`` least sends, whatever the chunks cost (random cases)."""
+    import random
+
+    from autopar.cost_models.pipeline import StageCost, simulate
+
+    from autopar.solver.search import interleaved_sends
+
+    rng = random.Random(1)
+    for _ in range(1000):
+        p, v = rng.randint(2, 6), rng.randint(2, 4)
+        m = p * rng.randint(1, 4)
+        least = rng.random()
+        stages = [StageCost(rng.random() * rng.choice((0, 1, 3)),
+                            rng.random() * rng.choice((0, 1, 3)),
+                            send=least + rng.choice((0.0, 0.0, 0.2 * rng.random())))
+                  for _ in range(p * v)]
+        work = sum(s.forward + s.backward for s in stages)
+        step = simulate(stages, m, "interleaved", v).step_time
+        assert m * work / p + interleaved_sends(p, v, m) * least <= step * (1 + 1e-12)
+        if all(s.forward == s.backward == 0 for s in stages):  # sends alone: the bound's
+            assert interleaved_sends(p, v, m) * least <= step  # factor is what they cost

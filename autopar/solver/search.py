@@ -402,7 +402,11 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
     work += recompute
     # Every device's share of the work, and the first micro-batch's pass through all layers
     # (only input gradients for zero-bubble, whose weight gradients wait).
-    pipe = max(m * work / _speed_share(t), zb_chain if shape.schedule == "zero_bubble" else work)
+    pipe = max(m * work / _speed_share(t), zb_chain if shape.schedule == "zero_bubble" else work,
+               m * _least_busiest(t))
+    if shape.schedule == "interleaved" and shape.virtual_stages > 1 and len(t.distinct_groups) == 1:
+        pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
+                   * _least_send(t))
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
         # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
@@ -412,7 +416,97 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
         r = (m - phi) / m
         pipe = max(pipe, work * phi / (1 - r**p))
     bound = pipe + optimizer + _least_dp_exposed(t, work)
+    if shape.zero_stage >= 3 and shape.dp * shape.cp > 1:
+        # ZeRO-3 overlaps a device's sync with all its m micro-batches' work, which the
+        # pipeline takes at least: the step is at least the sync itself on every device, and
+        # some device holds at least 1/pp of all layers' sync.
+        bound = max(bound, _least_sync(t) / p + optimizer)
     return bound * (1 - ROUNDING), fits
+
+
+def interleaved_sends(p: int, v: int, m: int) -> float:
+    """How many sends the interleaved schedule exposes at least, on top of ``m/p`` of all the
+    work per micro-batch, whatever the split (``m`` a multiple of ``p``).
+
+    Two kinds of paths of its fixed-order graph (``paths.py``), with ``Y_d`` device ``d``'s
+    work per micro-batch, ``y_k`` chunk ``k``'s, ``s`` the least send and ``K = p v``:
+
+    - ``P_d`` (d < p - 1): micro-batch 0 forward to device d's first chunk (d sends), all of
+      d's order, micro-batch m-1 backward from there (d sends): at least ``m Y_d + 2 d s``;
+    - ``Q``: micro-batch 0 forward through every chunk but the last (K - 1 sends), device
+      p-1's order from that forward (its last chunk's, after p forwards of each earlier round)
+      to the last backward of its last chunk (before p backwards of each earlier round),
+      micro-batch m-1 backward to the first chunk (K - 1 sends): at least
+      ``W + (m - p) Y_{p-1} + 2 (K - 1) s`` with ``W`` all the work.
+
+    With weights ``lam = m / (p (m - p + 1))`` on Q and ``mu = (m - p) / (p (m - p + 1))`` on
+    each P_d (they add up to 1), every device's work counts ``m / p`` times: the step time is
+    at least ``m W / p + 2 s (lam (K - 1) + mu (p - 1)(p - 2) / 2)``. Returns the factor of s.
+    """
+    lam = m / (p * (m - p + 1))
+    mu = (m - p) / (p * (m - p + 1))
+    return 2 * (lam * (p * v - 1) + mu * (p - 1) * (p - 2) / 2)
+
+
+def _least_send(t: ShapeTables) -> float:
+    """The least send after any layer that can end a chunk (all but the last)."""
+    key = ("least send", t.shape.tp, t.shape.sequence_parallel, t.shape.cp, t.shape.dp,
+           t.shape.micro_batch_size, t.shape.pp)
+    if key not in t.costs:
+        t.costs[key] = min((min(t.sends(g)[:-1], default=0.0) for g in t.distinct_groups),
+                           default=0.0)
+    return t.costs[key]  # type: ignore[return-value]
+
+
+def _least_sync(t: ShapeTables) -> float:
+    """Data-parallel sync seconds of all layers together, each at its cheapest group."""
+    s = t.shape
+    key = ("least sync", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size,
+           s.zero_stage, s.pp)
+    if key not in t.costs:
+        figures = [t.figures(g) for g in t.distinct_groups]
+        t.costs[key] = sum(size * min(f[c].dp_sync for f in figures)
+                           for c, size in enumerate(t.classes.size))
+    return t.costs[key]  # type: ignore[return-value]
+
+
+SUBSET_SUMS = 1 << 16
+"""Most distinct partial loads ``_least_busiest`` keeps before it gives up (a model with
+many classes of layers): it then bounds by the average alone."""
+
+
+def _least_busiest(t: ShapeTables) -> float:
+    """Least per-micro-batch work of the busiest device (homogeneous clusters): whole layers.
+
+    The busiest device's work is at least the average, and it is the sum of some of the
+    layers' (each at least at its cheapest mode): so it is at least the least sum of whole
+    layers, so many of each class, that reaches the average. 0 where unknown."""
+    s = t.shape
+    if len(t.distinct_groups) > 1 or s.pp == 1:
+        return 0.0
+    key = ("least busiest", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp)
+    if key not in t.costs:
+        options = _options(t)
+        least = [min(w for w, _ in options[c]) for c in range(len(t.classes.size))]
+        target = sum(n * w for n, w in zip(t.classes.size, least, strict=True)) / s.pp
+        target *= 1 - ROUNDING  # summed in another order than estimate's
+        below = {0.0}  # partial sums still short of the target
+        reached = math.inf
+        for n, w in zip(t.classes.size, least, strict=True):
+            grown = set()
+            for total in below:
+                for k in range(n + 1):
+                    x = total + k * w
+                    if x >= target:
+                        reached = min(reached, x)
+                        break
+                    grown.add(x)
+            below = grown
+            if len(below) > SUBSET_SUMS:
+                reached = target
+                break
+        t.costs[key] = reached if reached < math.inf else target
+    return t.costs[key]  # type: ignore[return-value]
 
 
 def _forward_share(t: ShapeTables) -> float:
