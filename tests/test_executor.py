@@ -74,6 +74,19 @@ def test_schedules_zero_and_recompute(config: dict[str, object]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("config", [dict(schedule="gpipe", recompute="full"),
+                                    dict(schedule="gpipe", recompute="selective"),
+                                    dict(schedule="zero_bubble")],
+                         ids=["gpipe-full", "gpipe-selective", "zero_bubble"])
+def test_pipeline_stages_under_ddp(config: dict[str, object]) -> None:
+    """pp2 x dp2 with DDP (ZeRO-0): under GPipe the stage's metadata forward must not arm
+    DDP's reducer (it crashed rebuilding buckets); under zero-bubble the weight gradients,
+    which bypass DDP's hooks, must still be averaged over dp."""
+    worst = _check("llama", pp=2, dp=2, **config)
+    assert worst <= TOLERANCE, f"llama pp2dp2 {config}: max relative difference {worst:.2e}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [dict(tp=2, dp=2), dict(pp=2, tp=2)],
                          ids=["tp2dp2", "pp2tp2"])
 def test_sequence_parallel_same_as_single_process(config: dict[str, int]) -> None:

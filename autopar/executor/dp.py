@@ -4,6 +4,7 @@ averaging DDP does, by hand, where DDP cannot wrap the model (tensor-parallel DT
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -13,6 +14,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from autopar.config import ParallelConfig
 from autopar.tracing import Layer
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,9 +40,43 @@ def apply_fsdp(root: nn.Module, layers: list[Layer], mesh: DeviceMesh, zero_stag
     return root
 
 
-def apply_ddp(root: nn.Module, mesh: DeviceMesh) -> nn.Module:
-    """Wrap ``root`` in ``DistributedDataParallel`` over the dp group."""
-    return DistributedDataParallel(root, process_group=mesh.get_group())
+class StageDDP(DistributedDataParallel):
+    """DDP for a pipeline stage: its forward never arms the reducer.
+
+    ``torch.distributed.pipelining`` runs every micro-batch's forward under ``no_sync`` and
+    arms the reducer itself (``reducer.prepare_for_backward``) just before the last
+    micro-batch's backward. But the stage's metadata inference, on the first step, calls the
+    module outside ``no_sync`` with gradients enabled: plain DDP then arms the reducer for a
+    backward that never comes, and the next real backward (micro-batch 0's, under
+    ``no_sync``, which only stops a forward from arming) all-reduces and records the
+    gradient-ready order for the bucket rebuild. Under 1F1B a forward runs before the
+    armed last backward and rebuilds the buckets (one extra all-reduce, still correct);
+    under GPipe all backwards follow all forwards, the last one records the order a second
+    time, and the next forward's bucket rebuild fails ("rebuilt parameter indices size is
+    not same as original model parameters size"). Running every forward under ``no_sync``
+    leaves arming to the schedule alone.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.no_sync():
+            return super().forward(*args, **kwargs)
+
+
+def ddp_applies(config: ParallelConfig) -> bool:
+    """Whether DDP can average ZeRO-0 gradients; where not, ``average_grads`` does it after
+    the step. DDP cannot wrap tensor-parallel DTensors, and its reducer cannot see the
+    zero-bubble schedule's weight gradients: ``torch.distributed.pipelining`` computes them
+    with ``torch.autograd.grad`` and adds them to ``.grad`` by hand, so no gradient hook
+    fires, nothing is all-reduced, and replicas would train on their own micro-batches
+    alone."""
+    return config.tp == 1 and not (config.pp > 1 and config.schedule == "zero_bubble")
+
+
+def apply_ddp(root: nn.Module, mesh: DeviceMesh, pipelined: bool = False) -> nn.Module:
+    """Wrap ``root`` in ``DistributedDataParallel`` over the dp group (``StageDDP`` for a
+    pipeline stage, whose schedule decides when gradients are reduced)."""
+    cls = StageDDP if pipelined else DistributedDataParallel
+    return cls(root, process_group=mesh.get_group())
 
 
 def average_grads(params: Iterable[nn.Parameter], group: dist.ProcessGroup, size: int) -> None:

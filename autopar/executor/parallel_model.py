@@ -149,7 +149,7 @@ class ParallelModel:
             local, count = self._pipeline_step(inputs, target, loss_fn)
         else:
             local, count = self._plain_step(inputs, target, loss_fn)
-        if self.config.tp > 1 and not isinstance(self.parts[0], DistributedDataParallel):
+        if not isinstance(self.parts[0], DistributedDataParallel):
             self._sync_manual()
         for params, group in self.ties:
             sum_grads(params, group)
@@ -161,7 +161,7 @@ class ParallelModel:
 
     def _sync_manual(self) -> None:
         """Average gradients over dp (x cp) where DDP does not wrap the model (tensor
-        parallel)."""
+        parallel, zero-bubble schedule: ``dp.ddp_applies``)."""
         if self.config.zero_stage == 0 and self.replicas.size() > 1:
             average_grads(self.parameters(), self.replicas.get_group(), self.replicas.size())
 

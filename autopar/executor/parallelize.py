@@ -11,7 +11,7 @@ from torch import nn
 
 from autopar.executor.ac import apply_ac
 from autopar.executor.cp import apply_cp
-from autopar.executor.dp import apply_ddp, apply_fsdp
+from autopar.executor.dp import apply_ddp, apply_fsdp, ddp_applies
 from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
 from autopar.executor.materialise import InitWeights, materialise, sync_replicas
 from autopar.executor.mesh import build_mesh, init_process_group, local_device, replica_mesh
@@ -68,8 +68,8 @@ def parallelize(model: nn.Module, plan: Plan, *,
             apply_fsdp(part, live, replicas, config.zero_stage, plan.precision)
         if materialise(part, device, init_weights):
             sync_replicas(part, mesh)
-        if replicas.size() > 1 and config.zero_stage == 0 and config.tp == 1:
-            part = apply_ddp(part, replicas)
+        if replicas.size() > 1 and config.zero_stage == 0 and ddp_applies(config):
+            part = apply_ddp(part, replicas, pipelined=config.pp > 1)
         parts.append(part)
     ties = _tied_groups(model, layout, mesh, parts, chunk_ids)
     return ParallelModel(parts, chunk_ids, layout, mesh, replicas, device, ties)

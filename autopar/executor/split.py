@@ -174,6 +174,7 @@ def model_output(out: Any) -> Any:
 
 def inner_model(part: nn.Module) -> nn.Module:
     """The user's model (or this chunk's copy of it) inside DDP and ``Chunk`` wrappers."""
-    module = getattr(part, "module", part) if type(part).__name__ == "DistributedDataParallel" \
-        else part
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = part.module if isinstance(part, DistributedDataParallel) else part
     return module.model if isinstance(module, Chunk) else module
