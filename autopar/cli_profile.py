@@ -24,9 +24,9 @@ def add_parser(commands: Any, positive: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DEVICE.toml",
                    help="where to write the profile (with --processes > 1 also "
                         "DEVICE.link.toml and DEVICE.cluster.toml beside it)")
-    p.add_argument("--processes", type=positive, default=1, metavar="N",
+    p.add_argument("--processes", type=positive, default=None, metavar="N",
                    help="also measure all-reduce across N local ranks (gloo processes on a "
-                        "CPU, one per GPU)")
+                        "CPU, one per GPU; default: every local GPU, 1 on a CPU)")
     p.add_argument("--budget", type=positive_float, default=None, metavar="S",
                    help="seconds for the micro-benchmarks (default 40 on a CPU, 180 on a GPU)")
     p.add_argument("--base", default=None, metavar="DEVICE",

@@ -75,17 +75,21 @@ def _matching_base(device: torch.device, base: str | None) -> DeviceProfile | No
     return None
 
 
-def profile_device(device_name: str = "cpu", *, processes: int = 1, budget_s: float | None = None,
+def profile_device(device_name: str = "cpu", *, processes: int | None = None,
+                   budget_s: float | None = None,
                    base: str | None = None, name: str | None = None,
                    progress: Callable[[str], None] = lambda _: None) -> MeasuredProfile:
     """Measure this machine's ``device_name`` (``cpu``, ``cuda``, ``cuda:N``).
 
     ``budget_s`` bounds the micro-benchmarks (default 40 s on a CPU, 180 s on a GPU);
     ``processes`` > 1 also measures all-reduce across that many local ranks (gloo processes on
-    a CPU; on GPUs, one per device, at most the devices present); ``base`` names the profile
+    a CPU; on GPUs, one per device, at most the devices present; default: every local GPU, or
+    1 on a CPU); ``base`` names the profile
     whose datasheet peaks and bandwidth to keep (found by name for known GPUs).
     """
     device = resolve_device(device_name)
+    if processes is None:  # every local GPU; a CPU is one device unless asked otherwise
+        processes = torch.cuda.device_count() if device.type == "cuda" else 1
     if processes < 1:
         raise MeasureError(f"processes must be at least 1, got {processes}")
     if device.type == "cuda" and processes > torch.cuda.device_count():
