@@ -123,40 +123,44 @@ def graph_of(name: str) -> autopar.ModelGraph:
     return autopar.trace(model, (x,))
 
 
-def make_plan(graph: autopar.ModelGraph, global_batch: int, **config: Any) -> Plan:
+def make_plan(graph: autopar.ModelGraph, global_batch: int, precision: str = "fp32",
+              **config: Any) -> Plan:
     """A plan for ``config`` without running the solver (its estimate is ``estimate()``'s)."""
     from autopar.planner import fingerprint
 
     cfg = autopar.ParallelConfig(**config)
     cluster = autopar.Cluster.from_profile("cpu", devices_per_node=cfg.world_size)
     est = autopar.estimate(graph, cluster, cfg, global_batch_size=global_batch,
-                           precision="fp32", optimizer="sgd")
+                           precision=precision, optimizer="sgd")
     stats = SolverStats(shapes=1, pruned_by_time=0, pruned_by_memory=0, solved=1, candidates=1,
                         optimal=True, gap=0.0, lower_bound_s=0.0)
     fields: dict[str, Any] = dict(
         model=fingerprint(graph), world_size=cfg.world_size, global_batch_size=global_batch,
-        precision="fp32", optimizer="sgd", config=cfg, estimate=est, solver=stats)
+        precision=precision, optimizer="sgd", config=cfg, estimate=est, solver=stats)
     if Plan.model_fields["cluster"].annotation is str:  # plans before mesh/sharding fields
         fields["cluster"] = cluster.name
     else:
         from autopar.plan_layout import plan_layout  # type: ignore[import-not-found]
 
         fields["cluster"] = cluster
-        fields.update(plan_layout(graph, cluster, cfg, global_batch, "fp32", "sgd", est))
+        fields.update(plan_layout(graph, cluster, cfg, global_batch, precision, "sgd", est))
     return Plan(**fields)
 
 
 def reference(name: str, global_batch: int, steps: int, lr: float = 0.1, momentum: float = 0.0,
-              model: nn.Module | None = None) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Single-process training (of ``build(name)`` unless ``model`` is given): the losses and
-    the final weights."""
+              model: nn.Module | None = None, autocast: torch.dtype | None = None
+              ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process training (of ``build(name)`` unless ``model`` is given; its forward and
+    loss under CPU ``torch.autocast`` to ``autocast`` if given): the losses and the final
+    weights."""
     model = build(name) if model is None else model
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     losses = []
     for step in range(steps):
         x, y = data(name, global_batch, step)
-        out = model_output(model(x))
-        loss = loss_fn(out, y)
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            out = model_output(model(x))
+            loss = loss_fn(out, y)
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
+from autopar.executor import amp
 from autopar.executor.cp import shard_sequence
 from autopar.executor.dp import average_grads, sum_grads
 from autopar.executor.errors import ExecutorError
@@ -70,7 +71,8 @@ class ParallelModel:
 
     def __init__(self, parts: list[nn.Module], chunk_ids: list[int], layout: Layout,
                  mesh: DeviceMesh, replicas: DeviceMesh, device: torch.device,
-                 ties: list[tuple[list[nn.Parameter], dist.ProcessGroup]]) -> None:
+                 ties: list[tuple[list[nn.Parameter], dist.ProcessGroup]],
+                 autocast: torch.dtype | None = None) -> None:
         self.parts = parts
         self.chunk_ids = chunk_ids
         self.layout = layout
@@ -80,6 +82,9 @@ class ParallelModel:
         self.device = device
         self.config = layout.config
         self.ties = ties
+        self.autocast = autocast
+        """The dtype forwards run in under ``torch.autocast`` (``amp``; None: float32, or FSDP's
+        policy casts). Pipeline chunks enter it themselves."""
         self._stages = (build_stages(parts, chunk_ids, len(layout.chunks), device, mesh["pp"])
                         if self.config.pp > 1 else [])
         self._schedules: dict[int, Any] = {}
@@ -179,8 +184,9 @@ class ParallelModel:
             sync = (model.no_sync() if isinstance(model, DistributedDataParallel) and not last
                     else nullcontext())
             with sync:
-                out = model_output(model(*args, **mb))
-                loss = loss_fn(out, target[i * per:(i + 1) * per])
+                with amp.autocast(self.device, self.autocast):
+                    out = model_output(model(*args, **mb))
+                    loss = loss_fn(out, target[i * per:(i + 1) * per])
                 (loss / n).backward()
             total += loss.detach() / n
         return total, 1

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 from autopar.executor.ac import apply_ac
+from autopar.executor.amp import compute_dtype
 from autopar.executor.cp import apply_cp
 from autopar.executor.dp import apply_ddp, apply_fsdp, ddp_applies
 from autopar.executor.layout import Layout, check_world, layout_of, meta_copy
@@ -45,6 +46,9 @@ def parallelize(model: nn.Module, plan: Plan, *,
     config = layout.config
     pp_rank = mesh.get_local_rank("pp")
     chunk_ids = layout.chunks_of(pp_rank) if config.pp > 1 else [0]
+    dtype = compute_dtype(plan.precision)
+    fsdp = replicas.size() > 1 and config.zero_stage > 0
+    autocast = None if fsdp else dtype  # FSDP's policy casts instead (dp.apply_fsdp)
     meta = meta_copy(model)
     tied = tied_modules(meta)
     parts: list[nn.Module] = []
@@ -53,7 +57,8 @@ def parallelize(model: nn.Module, plan: Plan, *,
     for c in chunk_ids:
         part: nn.Module
         if config.pp > 1:
-            part = Chunk(shared_copy(model), layout.layers, layout.chunks[c], meta, device)
+            part = Chunk(shared_copy(model), layout.layers, layout.chunks[c], meta, device,
+                         autocast=autocast)
             root = part.model
         else:
             part = root = model
@@ -64,7 +69,7 @@ def parallelize(model: nn.Module, plan: Plan, *,
             shard_stage_boundaries(part, entry, mesh["tp"])
         apply_cp(root, mesh["cp"])
         apply_ac(root, live, config)
-        if replicas.size() > 1 and config.zero_stage > 0:
+        if fsdp:
             apply_fsdp(part, live, replicas, config.zero_stage, plan.precision)
         if materialise(part, device, init_weights):
             sync_replicas(part, mesh)
@@ -72,7 +77,8 @@ def parallelize(model: nn.Module, plan: Plan, *,
             part = apply_ddp(part, replicas, pipelined=config.pp > 1)
         parts.append(part)
     ties = _tied_groups(model, layout, mesh, parts, chunk_ids)
-    return ParallelModel(parts, chunk_ids, layout, mesh, replicas, device, ties)
+    return ParallelModel(parts, chunk_ids, layout, mesh, replicas, device, ties,
+                         autocast=autocast)
 
 
 def _tied_groups(model: nn.Module, layout: Layout, mesh: Any, parts: list[nn.Module],

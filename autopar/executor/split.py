@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
+from autopar.executor import amp
 from autopar.executor.errors import ExecutorError
 from autopar.tracing import Layer
 
@@ -104,9 +105,12 @@ class Chunk(nn.Module):
     """
 
     def __init__(self, model: nn.Module, layers: list[Layer], keep: range, meta: nn.Module,
-                 device: torch.device) -> None:
+                 device: torch.device, autocast: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
+        self.device = device
+        self.autocast = autocast
+        """The mixed-precision compute dtype the chunk's forward runs under (``amp``)."""
         self.first = keep.start == 0
         self.last = keep.stop == len(layers)
         self._received: torch.Tensor | None = None
@@ -149,7 +153,8 @@ class Chunk(nn.Module):
         if not self.first:
             self._received = received[0]
         try:
-            out = self.model(*args, **inputs)
+            with amp.autocast(self.device, self.autocast):
+                out = self.model(*args, **inputs)
         except _StageExit as stop:
             return stop.value
         finally:
