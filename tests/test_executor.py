@@ -173,11 +173,42 @@ def test_tp_plan_splits_attention_heads_and_mlp() -> None:
     assert len(attention) == 4
 
 
-def test_gpt2_fused_qkv_stays_replicated_and_tied_vocab_is_not_split() -> None:
+def test_gpt2_fused_qkv_is_split_by_heads_and_tied_vocab_is_not_split() -> None:
+    from autopar.executor.tp import _FusedColumnStyle
+
     model, graph = build("gpt2"), _graph("gpt2")
-    plan, _ = tp_plan(model, graph.layers, 2, tied_modules(model))
-    assert "transformer.h.0.mlp.c_fc" in plan and "transformer.h.0.attn.c_attn" not in plan
+    plan, attention = tp_plan(model, graph.layers, 2, tied_modules(model))
+    assert "transformer.h.0.mlp.c_fc" in plan
+    qkv = plan["transformer.h.0.attn.c_attn"]
+    assert isinstance(qkv, _FusedColumnStyle) and qkv.fused == 3
+    assert "transformer.h.0.attn.c_proj" in plan and len(attention) == 4
     assert "transformer.wte" not in plan and "lm_head" not in plan
+
+
+def _qkv_shards(rank: int, plan, graph):  # type: ignore[no-untyped-def]
+    """This rank's local c_attn weight and bias of layer 0, its attention's local head count
+    and split size, and the full weight."""
+    import autopar
+
+    pm = autopar.parallelize(build("gpt2"), plan, graph=graph)
+    attn = pm.modules()[0].get_submodule("transformer.h.0.attn")
+    weight, bias = attn.c_attn.weight, attn.c_attn.bias
+    return (weight.to_local(), bias.to_local(), attn.num_heads, attn.split_size,
+            weight.full_tensor())
+
+
+@pytest.mark.slow
+def test_gpt2_tp_ranks_hold_q_k_v_of_their_heads() -> None:
+    """Under tp2 rank r holds columns [r*16, r*16+16) of each of q, k and v (2 of 4 heads of
+    width 8; hidden 32): not a contiguous half of [q | k | v]."""
+    graph = _graph("gpt2")
+    plan = make_plan(graph, GLOBAL_BATCH, tp=2)
+    ranks = run_ranks(2, _qkv_shards, plan, graph)
+    full = build("gpt2").get_submodule("transformer.h.0.attn.c_attn")
+    for r, (weight, bias, heads, split, whole) in enumerate(ranks):
+        cols = [c for part in range(3) for c in range(32 * part + 16 * r, 32 * part + 16 * r + 16)]
+        assert weight.equal(full.weight.detach()[:, cols]) and bias.equal(full.bias.detach()[cols])
+        assert (heads, split) == (2, 16) and whole.equal(full.weight.detach())
 
 
 def test_plan_for_another_model_is_refused() -> None:

@@ -13,14 +13,19 @@ an initialiser that draws from each rank's own random stream stays consistent.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor._utils import (
+    _get_shard_size_and_offsets,
+    compute_local_shape_and_global_offset,
+)
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from autopar.executor.errors import ExecutorError
 from autopar.executor.split import inner_model
@@ -28,18 +33,63 @@ from autopar.executor.split import inner_model
 InitWeights = Callable[[nn.Module], None]
 
 
-def local_shard(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """This rank's part of a parameter or buffer, and the block of the full tensor it holds
-    (one slice per dimension). Writing the local part writes the parameter."""
+def held_indices(tensor: DTensor, coordinate: list[int] | None = None) -> list[torch.Tensor]:
+    """For each dimension, the indices into the full tensor of the local shard's rows along it,
+    in local order, on the mesh coordinate ``coordinate`` (this rank's by default). A ``Shard``
+    holds a range; a ``_StridedShard`` (a fused projection split by heads, ``tp``) holds a
+    range of each of its parts."""
+    mesh = tensor.device_mesh
+    coord = mesh.get_coordinate() if coordinate is None else coordinate
+    assert coord is not None
+    held = [torch.arange(n) for n in tensor.shape]
+    for dim, placement in enumerate(tensor.placements):
+        if not isinstance(placement, Shard | _StridedShard):
+            continue
+        d = placement.dim
+        size, offsets = _get_shard_size_and_offsets(len(held[d]), mesh.size(dim), coord[dim],
+                                                    placement, held[d], tensor.shape[d], False)
+        held[d] = offsets if size and offsets is not None else held[d][:0]
+    return held
+
+
+def held_blocks(tensor: DTensor, coordinate: list[int] | None = None
+                ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """The local shard of ``tensor`` (on ``coordinate``) as blocks of the full tensor: for each,
+    where it lies in the local tensor and in the full tensor (one slice per dimension). One
+    block for ``Shard`` placements; a ``_StridedShard`` of ``k`` parts makes ``k``."""
+    runs_per_dim = []
+    for index in held_indices(tensor, coordinate):
+        runs: list[tuple[slice, slice]] = []
+        start = 0
+        for i in range(1, len(index) + 1):
+            if i == len(index) or int(index[i]) != int(index[i - 1]) + 1:
+                first = int(index[start])
+                runs.append((slice(start, i), slice(first, first + i - start)))
+                start = i
+        runs_per_dim.append(runs)
+    return [(tuple(r[0] for r in combo), tuple(r[1] for r in combo))
+            for combo in itertools.product(*runs_per_dim)]
+
+
+def local_shard(tensor: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[slice | torch.Tensor, ...]]:
+    """This rank's part of a parameter or buffer, and where in the full tensor it lies: per
+    dimension a slice, or, along the dimension of a fused projection split by heads (GPT-2's
+    ``c_attn`` under tp: a slice of each of q, k and v), a tensor of the indices. Writing the
+    local part writes the parameter."""
     if not isinstance(tensor, DTensor):
         return tensor, tuple(slice(0, n) for n in tensor.shape)
-    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh,
-                                                          tensor.placements)
-    local = tensor.to_local()
-    if tuple(local.shape) != tuple(shape):
-        raise ExecutorError(f"a DTensor with placements {tensor.placements} is not one block of "
-                            "the full tensor on this rank; initialise it with DTensor operations")
-    return local, tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))
+    if not any(isinstance(p, _StridedShard) for p in tensor.placements):
+        shape, offset = compute_local_shape_and_global_offset(
+            tensor.shape, tensor.device_mesh, tensor.placements)
+        return tensor.to_local(), tuple(slice(o, o + n)
+                                        for o, n in zip(offset, shape, strict=True))
+    where: list[slice | torch.Tensor] = []
+    for index in held_indices(tensor):
+        contiguous = len(index) == 0 or int(index[-1]) - int(index[0]) == len(index) - 1
+        where.append(slice(int(index[0]), int(index[0]) + len(index)) if contiguous and len(index)
+                     else index)
+    return tensor.to_local(), tuple(where)
 
 
 def _on_meta(module: nn.Module) -> bool:

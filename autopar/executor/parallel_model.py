@@ -83,6 +83,8 @@ class ParallelModel:
         self.config = layout.config
         self.ties = ties
         self.autocast = autocast
+        self.tied_names: list[list[str]] = []
+        """The names of each parameter the user's model holds under several names."""
         """The dtype forwards run in under ``torch.autocast`` (``amp``; None: float32, or FSDP's
         policy casts). Pipeline chunks enter it themselves."""
         self._stages = (build_stages(parts, chunk_ids, len(layout.chunks), device, mesh["pp"])

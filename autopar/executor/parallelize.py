@@ -77,8 +77,19 @@ def parallelize(model: nn.Module, plan: Plan, *,
             part = apply_ddp(part, replicas, pipelined=config.pp > 1)
         parts.append(part)
     ties = _tied_groups(model, layout, mesh, parts, chunk_ids)
-    return ParallelModel(parts, chunk_ids, layout, mesh, replicas, device, ties,
-                         autocast=autocast)
+    pm = ParallelModel(parts, chunk_ids, layout, mesh, replicas, device, ties,
+                       autocast=autocast)
+    pm.tied_names = _tied_names(model)
+    return pm
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """The names of each parameter that the model holds under more than one name (a tied
+    embedding and head), for checkpoints that move between plans (``checkpoint``)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
 
 
 def _tied_groups(model: nn.Module, layout: Layout, mesh: Any, parts: list[nn.Module],

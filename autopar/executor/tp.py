@@ -2,8 +2,10 @@
 
 - ``column_row``: the column modules split by output features, the last one by input features
   (one all-reduce after it). A pattern that feeds attention is applied only when the query and
-  key/value heads both divide by tp and q, k, v are separate projections (a fused QKV cannot
-  be split contiguously); otherwise that attention stays replicated.
+  key/value heads both divide by tp; its head counts become local. q, k, v are separate
+  projections (Llama), or one fused projection laid out ``[q | k | v]`` (GPT-2's ``c_attn``,
+  recognised by the attention's ``split_size``), split by heads: each rank holds the q, k and
+  v columns of its heads (``_FusedColumnStyle``). Other fused layouts stay replicated.
 - ``vocab_embedding`` / ``vocab_head``: split by vocabulary, when it divides and the weight is
   not tied to another module.
 - Hugging Face ``Conv1D`` (GPT-2) is split like a transposed ``nn.Linear``.
@@ -16,15 +18,23 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import (
+    DTensor,
+    Replicate,
+    Shard,
+    distribute_module,
+    distribute_tensor,
+)
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
     RowwiseParallel,
     parallelize_module,
 )
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from autopar.executor.errors import ExecutorError
 from autopar.executor.sp import sp_plan, warn_no_sp
@@ -62,6 +72,67 @@ class _Conv1DStyle(ParallelStyle):
         output_fn = partial(inner._prepare_output_fn, inner.output_layouts,
                             inner.use_local_output)
         return distribute_module(module, device_mesh, self._partition, input_fn, output_fn)
+
+
+class _FusedColumnStyle(_Conv1DStyle):
+    """Column parallel for a fused projection whose outputs are ``fused`` equal parts laid out
+    one after the other (GPT-2's ``c_attn``: ``[q | k | v]``, each split by heads): rank r holds
+    the r-th slice of every part, so its local output is ``[q_r | k_r | v_r]``, the q, k and v
+    of its own heads.
+
+    The parameters are DTensors with ``_StridedShard(split_factor=fused)`` placements (a
+    ``Shard`` of each part, concatenated), so they keep their names, global shape and values:
+    ``full_tensor()``, state dicts and checkpoints see the unsplit parameter
+    (``checkpoint`` writes its parts as separate blocks). The forward multiplies the local
+    shards as a plain column-parallel layer would (the local shard of a ``Shard`` over the
+    part-major permutation of the columns), which needs no communication.
+    """
+
+    def __init__(self, inner: ColwiseParallel, fused: int) -> None:
+        super().__init__(inner, column=True)
+        self.fused = fused
+
+    def _partition(self, name: str, module: nn.Module, mesh: DeviceMesh) -> None:
+        for pname, param in list(module.named_parameters(recurse=False)):
+            dim = 1 if pname == "weight" and _is_conv1d(module) else 0
+            placement = _StridedShard(dim, split_factor=self.fused)
+            module.register_parameter(pname, nn.Parameter(
+                distribute_tensor(param, mesh, [placement]), requires_grad=param.requires_grad))
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        module = super()._apply(module, device_mesh)
+        conv = _is_conv1d(module)
+
+        def as_shard(param: object, dim: int) -> torch.Tensor | None:
+            if param is None:
+                return None
+            assert isinstance(param, DTensor)
+            return DTensor.from_local(param.to_local(), device_mesh, [Shard(dim)],
+                                      run_check=False)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            weight = as_shard(module.weight, 1 if conv else 0)
+            bias = as_shard(getattr(module, "bias", None), 0)
+            assert weight is not None
+            if not conv:
+                return nn.functional.linear(x, weight, bias)
+            flat = x.reshape(-1, x.size(-1))
+            out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+            return out.view(*x.shape[:-1], out.shape[-1])
+
+        module.forward = forward
+        return module
+
+
+def _fused_parts(attention: nn.Module | None, module: nn.Module) -> int:
+    """How many equal ``[q | k | v]`` parts a single column projection of ``attention``
+    fuses (3 for GPT-2's ``c_attn``: the attention splits its output by ``split_size``), or 0
+    when its layout is not known to be part-major."""
+    split = getattr(attention, "split_size", None)
+    width = module.nf if _is_conv1d(module) else getattr(module, "out_features", None)
+    if isinstance(split, int) and isinstance(width, int) and split and width == 3 * split:
+        return 3
+    return 0
 
 
 def _style(module: nn.Module, column: bool, **kw: Any) -> ParallelStyle | None:
@@ -124,15 +195,24 @@ def _column_row(root: nn.Module, pattern: TPPattern, attn: list[TPPattern], tp: 
         found = _module(root, parent)
         if found is not None and any(hasattr(found, a) for a in ("head_dim", *_HEAD_ATTRS)):
             owner = parent
-    if owner is not None:
-        found = _module(root, owner)
-        heads = _heads(found) if found is not None else None
-        if heads is None or heads[0] % tp or heads[1] % tp or len(columns) < 2:
-            return
+    fused = 0
     modules = [_module(root, name) for name in pattern.modules]
     if any(m is None for m in modules) or tied & set(pattern.modules):
         return
-    styles = [_style(m, column=True) for m in modules[:-1] if m is not None]
+    if owner is not None:
+        found = _module(root, owner)
+        heads = _heads(found) if found is not None else None
+        if heads is None or heads[0] % tp or heads[1] % tp:
+            return
+        if len(columns) < 2:
+            assert modules[0] is not None
+            fused = _fused_parts(found, modules[0])
+            if not fused or heads[0] != heads[1]:
+                return
+    styles: list[ParallelStyle | None] = [_style(m, column=True) for m in modules[:-1]
+                                          if m is not None]
+    if fused:
+        styles = [_FusedColumnStyle(ColwiseParallel(), fused)]
     last = modules[-1]
     row_style = _style(last, column=False) if last is not None else None
     if row_style is None or any(s is None for s in styles):
@@ -191,7 +271,7 @@ def apply_tp(root: nn.Module, layers: list[Layer], mesh: DeviceMesh, tied: set[s
     if plan:
         parallelize_module(root, mesh, plan)
     for module, degree in attention:
-        for attr in _HEAD_ATTRS:
+        for attr in (*_HEAD_ATTRS, "split_size"):
             value = getattr(module, attr, None)
             if isinstance(value, int) and value % degree == 0:
                 setattr(module, attr, value // degree)
