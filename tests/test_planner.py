@@ -308,3 +308,87 @@ def test_interleaved_sends_bound_the_simulated_step() -> None:
         assert m * work / p + interleaved_sends(p, v, m) * least <= step * (1 + 1e-12)
         if all(s.forward == s.backward == 0 for s in stages):  # sends alone: the bound's
             assert interleaved_sends(p, v, m) * least <= step  # factor is what they cost
+
+
+def _mixed(order: str, gib: float = 80.0) -> Cluster:
+    """Two DGX-A100 and two DGX-H100 nodes (in ``order``: "ah" or "ha"), data parallelism
+    across nodes: the groups differ in compute and in network, so the sync a stage exposes
+    depends on where it runs."""
+    a100 = Cluster.from_profile("dgx-a100", nodes=2).groups[0]
+    h100 = Cluster.from_profile("dgx-h100", nodes=2).groups[0]
+    return tight(Cluster(name="mixed", groups=[a100, h100] if order == "ah" else [h100, a100]),
+                 gib)
+
+
+@pytest.mark.parametrize("order", ["ah", "ha"])
+def test_dp_exposure_bound_holds_on_a_heterogeneous_cluster(order: str) -> None:
+    """``_least_dp_exposed`` never exceeds the dp sync ``estimate()`` exposes, nor the shape
+    bound the step time, for every split and uniform recomputation of sampled shapes (every
+    ZeRO stage, several dp degrees) on a cluster of two node groups. Taking the first stage's
+    group for every device failed this (A100 group first: its slower network exposes more
+    than the H100 stages do)."""
+    from autopar.layer_profiles import layer_profiles
+    from autopar.solver.constraints import Constraints
+    from autopar.solver.search import _least_dp_exposed, _shape_bound, _work
+    from autopar.solver.space import Shape
+    from autopar.solver.tables import LayerClasses, ShapeTables
+
+    graph = small_gpt_graph()
+    cluster = _mixed(order)
+    n = len(graph.layers)
+    profiles = layer_profiles(graph)
+    classes = LayerClasses(graph, profiles)
+    rules = Constraints.of(None)
+    costs: dict[tuple, object] = {}
+    checked = exposed = 0
+    for tp, pp, zero, mbs, gbs in itertools.product((1, 2), (2, 4), range(4), (1, 2),
+                                                    (32, 128)):
+        dp = 32 // (tp * pp)
+        shape = Shape(tp, pp, 1, dp, zero, False, "1f1b", 1, mbs)
+        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
+                             rules.recompute, rules.memory_headroom, costs)
+        dp_bound = _least_dp_exposed(tables, _work(tables)[0])
+        bound, _ = _shape_bound(tables)
+        for cuts in itertools.combinations(range(1, n), pp - 1):
+            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+            for mode in ("none", "selective", "full"):
+                e = estimate(graph, cluster, shape.config(layers_per_stage=split,
+                                                          recompute=mode),
+                             global_batch_size=gbs)
+                assert dp_bound <= e.breakdown["dp_comm"] * (1 + 1e-12), (shape, split, mode)
+                assert bound <= e.step_time, (shape, split, mode, bound, e.step_time)
+                checked += 1
+                exposed += e.breakdown["dp_comm"] > 0
+    assert checked > 4000 and exposed > 1000
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+def test_plan_is_the_optimum_on_a_heterogeneous_cluster(zero: int) -> None:
+    """On two node groups, every tp x pp (so dp 2 to 16), schedule, micro-batch size and
+    contiguous split at one ZeRO stage, costed by estimate(): the plan's step time is the
+    least of those that fit (at ZeRO-2/3 the best of them exposes dp sync)."""
+    graph = small_gpt_graph()
+    n = len(graph.layers)
+    gbs = 16
+    for order in ("ah", "ha"):
+        cluster = _mixed(order)
+        best = None
+        for tp, pp, mbs, schedule in itertools.product(
+                (1, 2), (2, 4, 8), (1, 2, 4), ("gpipe", "1f1b", "zero_bubble")):
+            for cuts in itertools.combinations(range(1, n), pp - 1):
+                split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+                try:
+                    config = ParallelConfig(dp=32 // (tp * pp), tp=tp, pp=pp, zero_stage=zero,
+                                            micro_batch_size=mbs, schedule=schedule,
+                                            layers_per_stage=split, recompute="none")
+                    e = estimate(graph, cluster, config, global_batch_size=gbs)
+                except ConfigError:
+                    continue
+                if e.fits and (best is None or e.step_time < best):
+                    best = e.step_time
+        plan = autopar.plan(graph, cluster, global_batch_size=gbs, constraints=dict(
+            cp=1, max_tp=2, zero_stage=zero, sequence_parallel=False, recompute=("none",),
+            virtual_stages=1))
+        assert best is not None
+        assert plan.estimate.step_time == pytest.approx(best, rel=1e-12), order
+        assert plan.solver.optimal

@@ -522,25 +522,32 @@ def _forward_share(t: ShapeTables) -> float:
 
 
 def _least_dp_exposed(t: ShapeTables, work: float) -> float:
-    """Some device exposes at least the average of what sync exceeds overlap by."""
+    """Some device exposes at least the average of what sync exceeds overlap by.
+
+    Device d exposes at least its layers' sync minus their overlap, each on d's own group
+    (ZeRO-0/1's one all-reduce is affine in its size: at least the layers' bandwidth
+    shares). So each layer counts at the least (sync - overlap) over the stages' groups:
+    on a heterogeneous cluster one group's figures for every layer are no bound (a faster
+    network elsewhere exposes less)."""
     s = t.shape
     if s.dp * s.cp == 1:
         return 0.0
-    group = t.groups[0]
+    groups = t.distinct_groups
     key = ("dp exposed", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size,
-           s.zero_stage, id(group))
+           s.zero_stage, tuple(id(g) for g in groups))
     if key not in t.costs:
-        figures = t.figures(group)
-        sync = sum(size * figures[c].dp_sync for c, size in enumerate(t.classes.size))
-        if s.zero_stage >= 3:
-            overlap = t.micro_batches * sum(
-                size * max(figures[c].forward(mode) + figures[c].backward(mode)
-                           for mode in t.modes)
-                for c, size in enumerate(t.classes.size))
-        else:
-            overlap = sum(size * max(figures[c].backward(mode) for mode in t.modes)
-                          for c, size in enumerate(t.classes.size))
-        t.costs[key] = max(0.0, sync - overlap)
+        excess = [math.inf] * len(t.classes.size)
+        for group in groups:
+            figures = t.figures(group)
+            for c, f in enumerate(figures):
+                if s.zero_stage >= 3:
+                    overlap = t.micro_batches * max(f.forward(mode) + f.backward(mode)
+                                                    for mode in t.modes)
+                else:
+                    overlap = max(f.backward(mode) for mode in t.modes)
+                excess[c] = min(excess[c], f.dp_sync - overlap)
+        t.costs[key] = max(0.0, sum(size * e for size, e in zip(t.classes.size, excess,
+                                                                  strict=True)))
     return t.costs[key] / s.pp  # type: ignore[operator]
 
 
