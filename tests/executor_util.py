@@ -266,8 +266,9 @@ def index_init(model: nn.Module) -> None:
         flat = torch.zeros((), dtype=torch.float64)
         for dim, part in enumerate(where):
             stride = int(torch.tensor(p.shape[dim + 1:]).prod())
-            flat = flat.unsqueeze(-1) + torch.arange(part.start, part.stop,
-                                                     dtype=torch.float64) * stride
+            index = (torch.arange(part.start, part.stop, dtype=torch.float64)
+                     if isinstance(part, slice) else part.to(torch.float64))
+            flat = flat.unsqueeze(-1) + index * stride
         phase = zlib.crc32(name.encode()) % 97
         local.copy_(0.1 * torch.sin(0.7 * flat + phase))
     for module in model.modules():
