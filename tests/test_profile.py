@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import random
+import socket
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from autopar.cost_models.communication import CommGroup, all_reduce_time
 from autopar.cost_models.compute import op_time
 
 from autopar.cli import main
 from autopar.cluster import Cluster, DeviceProfile, LinkProfile
-from autopar.profiling import MeasuredProfile, profile_device, write_profile
+from autopar.profiling import MeasuredProfile, benchmarks, known_gpu, profile_device, write_profile
 from autopar.profiling.benchmarks import Sample
-from autopar.profiling.fit import efficiency_curve, isotonic
+from autopar.profiling.fit import efficiency_curve, isotonic, link_fields
 from autopar.profiling.measure import MeasureError
 
 
@@ -63,8 +67,24 @@ def test_the_cost_model_reads_the_profile(measured: MeasuredProfile) -> None:
 def test_link_is_measured(measured: MeasuredProfile) -> None:
     link = measured.link
     assert isinstance(link, LinkProfile)
-    assert 1e6 < link.bandwidth < 1e12 and link.allreduce_busbw == link.bandwidth
+    assert 1e6 < link.bandwidth < 1e12 and link.allreduce_busbw is not None
     assert 0 < link.latency_s < 0.1
+
+
+def test_the_comm_model_gives_back_the_measured_all_reduce() -> None:
+    """The fitted link, through the cost model's all-reduce (and its ring efficiency), times
+    the measured sizes as measured: the bandwidth was once the bus bandwidth itself, which the
+    model's efficiency then cut by a fifth."""
+    latency, busbw, ranks = 20e-6, 10e9, 4
+    samples = [Sample("all_reduce", "fp32", (n, ranks), 0.0, 4.0 * n,
+                      2 * (ranks - 1) * latency + 2 * (ranks - 1) / ranks * 4.0 * n / busbw)
+               for n in (1 << 10, 1 << 16, 1 << 24)]
+    link = LinkProfile.model_validate(link_fields(samples, name="l", provenance="test"))
+    group = CommGroup(size=ranks, ranks_per_node=ranks, intra_bandwidth=link.bandwidth,
+                      intra_latency=link.latency_s, inter_bandwidth=1e9, inter_latency=0.0)
+    for s in samples:
+        assert all_reduce_time(s.bytes, group) == pytest.approx(s.seconds, rel=0.01)
+    assert link.allreduce_busbw == pytest.approx(busbw, rel=0.02)  # latency included
 
 
 def test_written_files_load_back(measured: MeasuredProfile, tmp_path: Path) -> None:
@@ -115,3 +135,51 @@ def test_noisy_samples_fit_a_monotone_curve() -> None:
     assert _non_decreasing(curve)
     assert all(0 < e <= 1 for _, e in curve)
     assert math.isclose(curve[0][0], 2.0 * 64**3, rel_tol=1e-2)
+
+
+def test_a_failed_all_reduce_is_a_measure_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank that fails (here: its rendezvous port is taken) is one line naming the fix, not
+    torch.multiprocessing's traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setattr(benchmarks, "_free_port", lambda: busy.getsockname()[1])
+        with pytest.raises(MeasureError, match="all-reduce across 2 local ranks failed.*"
+                                               "--processes 1"):
+            benchmarks.all_reduce(torch.device("cpu"), 2, lambda _: None)
+
+
+@pytest.mark.parametrize(("name", "gib", "profile"), [
+    ("NVIDIA H100 80GB HBM3", 79.1, "H100-SXM5-80GB"),
+    ("NVIDIA H200", 139.8, "H200-SXM-141GB"),
+    ("NVIDIA A100-SXM4-80GB", 79.2, "A100-SXM4-80GB"),  # not the 40 GB one listed first
+    ("NVIDIA A100-SXM4-40GB", 39.4, "A100-SXM4-40GB"),
+    ("Tesla V100-SXM2-32GB", 31.7, "V100-SXM2-32GB"),
+    ("NVIDIA L4", 22.0, "L4"),
+    ("NVIDIA L40S", 44.4, None),  # not an L4
+    ("NVIDIA GH200 480GB", 94.5, None),  # not an H200
+    ("NVIDIA H100 PCIe", 79.1, None),  # not the SXM5 datasheet
+    ("AMD Instinct MI300X", 191.5, "MI300X"),
+])
+def test_a_gpu_finds_its_datasheet(name: str, gib: float, profile: str | None) -> None:
+    found = known_gpu(name, int(gib * 2**30))
+    assert (found.name if found else None) == profile
+
+
+def test_a_missing_output_directory_is_refused_before_measuring(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not after the whole budget was spent measuring."""
+    out = tmp_path / "missing" / "cpu.toml"
+    started = time.perf_counter()
+    assert main(["profile", "--budget", "60", "-o", str(out)]) == 2
+    assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_sizes_whose_flops_round_alike_make_one_point() -> None:
+    """The profile needs strictly increasing FLOPs: two sizes equal to three digits were two
+    equal points, which DeviceProfile refused."""
+    samples = [Sample("matmul", "fp32", (1,), flops, 0.0, 1e-2)
+               for flops in (1.0001e9, 1.0002e9, 4e9)]
+    assert efficiency_curve(samples, 1e12) == [(1e9, 0.1), (4e9, 0.4)]

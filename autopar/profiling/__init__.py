@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from autopar.profiling import benchmarks, fit
 from autopar.profiling.measure import MeasureError, resolve_device
 from autopar.profiling.toml_text import to_toml
 
-__all__ = ["MeasuredProfile", "profile_device", "write_profile"]
+__all__ = ["MeasuredProfile", "known_gpu", "profile_device", "write_profile"]
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,39 @@ def _memory_bytes(device: torch.device) -> int:
 
 def _matching_base(device: torch.device, base: str | None) -> DeviceProfile | None:
     """The bundled (or user) profile whose datasheet figures this device has: ``--base``, or
-    for a GPU the profile its name matches (``NVIDIA H100 80GB HBM3`` -> ``H100-SXM5-80GB``)."""
-    from autopar.hardware_profiles import known_profiles
-
+    for a GPU the bundled profile its name and memory match (``known_gpu``)."""
     if base is not None:
         return DeviceProfile.from_profile(base)
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device).upper()
+    return known_gpu(torch.cuda.get_device_name(device),
+                     int(torch.cuda.get_device_properties(device).total_memory))
+
+
+def known_gpu(gpu_name: str, memory_bytes: int) -> DeviceProfile | None:
+    """The bundled profile of a GPU, from the name CUDA reports and its memory, or None.
+
+    The profile's family (``H100`` of ``H100-SXM5-80GB``) must be a whole word of the name, so
+    that ``NVIDIA L40S`` is no ``L4`` and ``NVIDIA GH200`` no ``H200``; among a family's
+    profiles the one whose memory is nearest wins (``A100-SXM4-80GB`` for an 80 GB A100, not
+    the first listed). PCIe and NVL boards have other clocks, power and bandwidth than the SXM
+    datasheets bundled, so they match none of those: pass ``--base`` for them.
+    """
+    from autopar.hardware_profiles import known_profiles
+
+    words = set(re.split(r"[^A-Z0-9]+", gpu_name.upper()))
+    not_sxm = bool(words & {"PCIE", "NVL"})
+    candidates = []
     for known in known_profiles()["devices"]:
-        family = known.split("-")[0].upper()
-        if family != "CPU" and family in name:
-            return DeviceProfile.from_profile(known)
-    return None
+        family, *variant = known.upper().split("-")
+        if family == "CPU" or family not in words:
+            continue
+        if not_sxm and any(part.startswith("SXM") for part in variant):
+            continue
+        candidates.append(DeviceProfile.from_profile(known))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda p: abs(math.log(p.memory_bytes / max(memory_bytes, 1))))
 
 
 def profile_device(device_name: str = "cpu", *, processes: int | None = None,

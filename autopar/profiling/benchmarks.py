@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from autopar.cost_models.compute import causal_fraction
-from autopar.profiling.measure import best_time
+from autopar.profiling.measure import MeasureError, best_time
 
 Progress = Callable[[str], None]
 
@@ -190,8 +190,14 @@ def all_reduce(device: torch.device, processes: int, progress: Progress) -> list
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     port = _free_port()
-    mp.spawn(_all_reduce_rank, args=(processes, device.type, sizes, port, queue),
-             nprocs=processes, join=True)
+    try:
+        mp.spawn(_all_reduce_rank, args=(processes, device.type, sizes, port, queue),
+                 nprocs=processes, join=True)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+        lines = str(error).strip().splitlines()
+        raise MeasureError(f"all-reduce across {processes} local ranks failed: "
+                           f"{lines[-1] if lines else error}; profile without it "
+                           f"(--processes 1)") from None
     timings: list[tuple[int, float]] = queue.get()
     return [Sample("all_reduce", "fp32", (numel, processes), 0.0, float(4 * numel), seconds)
             for numel, seconds in timings]

@@ -13,7 +13,7 @@
   of it at their largest sizes; ``kernel_launch_overhead_s`` is the time of a one-element kernel
   issued back to back.
 - **Links.** All-reduce bus bandwidth (nccl-tests' convention: algorithm bandwidth x 2(n-1)/n)
-  at the largest size, and a per-hop latency from the smallest.
+  at the largest size, and a per-hop latency from the smallest (see ``link_fields``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from autopar.cluster import DeviceProfile, ProfileError
+from autopar.cost_models.communication import DEFAULT_INTRA_EFFICIENCY
 from autopar.profiling.benchmarks import Sample
 
 
@@ -52,9 +53,10 @@ def efficiency_curve(samples: Sequence[Sample], peak: float) -> list[tuple[float
         by_flops[s.flops].append(s.flops / (s.seconds * peak))
     flops = sorted(by_flops)
     fitted = isotonic([statistics.fmean(by_flops[f]) for f in flops])
-    # rounding is monotone, so the curve stays non-decreasing; keep it inside (0, 1]
-    return [(_significant(f), min(1.0, max(_significant(e), 1e-4))) for f, e in
-            zip(flops, fitted, strict=True)]
+    # rounding is monotone, so the curve stays non-decreasing; keep it inside (0, 1]; two
+    # sizes whose FLOPs round alike keep the first (the profile needs increasing FLOPs)
+    return _strictly_increasing([(_significant(f), min(1.0, max(_significant(e), 1e-4)))
+                                 for f, e in zip(flops, fitted, strict=True)])
 
 
 def _best(samples: Sequence[Sample]) -> float:
@@ -180,18 +182,34 @@ def _strictly_increasing(points: list[tuple[float, float]]) -> list[tuple[float,
 
 
 def link_fields(samples: Sequence[Sample], *, name: str, provenance: str) -> dict[str, Any]:
-    """A ``LinkProfile``'s fields from all-reduce samples across ``n`` local ranks."""
+    """A ``LinkProfile``'s fields from all-reduce samples across ``n`` local ranks.
+
+    The cost model times a one-node all-reduce of ``B`` bytes as ``2(n-1) latency +
+    2(n-1)/n B / (bandwidth x DEFAULT_INTRA_EFFICIENCY)`` (the efficiency turns a datasheet
+    line rate into what NCCL rings reach). The line through the smallest and the largest size
+    gives the two terms; ``bandwidth`` is the rate over that efficiency, so that the model gives
+    back the measured times. ``allreduce_busbw`` is nccl-tests' figure at the largest size.
+    """
     ranks = samples[0].shape[1]
     hops = 2 * (ranks - 1)
     largest = max(samples, key=lambda s: s.bytes)
     smallest = min(samples, key=lambda s: s.bytes)
     busbw = largest.bytes / largest.seconds * hops / ranks
+    rate = busbw  # bytes/s of the ring's transfer term, latency excluded
+    if largest.seconds > smallest.seconds and largest.bytes > smallest.bytes:
+        rate = (largest.bytes - smallest.bytes) * hops / ranks / (
+            largest.seconds - smallest.seconds)
+    # (a smallest size above the line through the origin is noise: keep half as latency)
+    latency = max(smallest.seconds - smallest.bytes * hops / ranks / rate,
+                  0.5 * smallest.seconds) / hops
     return {
         "name": name,
-        "bandwidth": _significant(busbw),
-        "latency_s": _significant(smallest.seconds / hops),
+        "bandwidth": _significant(rate / DEFAULT_INTRA_EFFICIENCY),
+        "latency_s": _significant(latency),
         "allreduce_busbw": _significant(busbw),
-        "source": (f"[measured] all_reduce across {ranks} local ranks, bus bandwidth at "
-                   f"{largest.bytes / 2**20:.0f} MiB, latency per hop from "
-                   f"{smallest.bytes / 2**10:.0f} KiB; {provenance}"),
+        "source": (f"[measured] all_reduce across {ranks} local ranks from "
+                   f"{smallest.bytes / 2**10:.0f} KiB to {largest.bytes / 2**20:.0f} MiB: "
+                   f"latency per hop and transfer rate (bandwidth: the rate over the cost "
+                   f"model's ring efficiency {DEFAULT_INTRA_EFFICIENCY}); allreduce_busbw at "
+                   f"the largest size; {provenance}"),
     }

@@ -1,10 +1,11 @@
 """Timing and memory measurement on one device, the same way on a GPU and a CPU.
 
 ``autopar profile`` and ``autopar validate`` both need "how long does this take" and "how much
-memory did this need at its peak". On CUDA the answers come from CUDA events'
-synchronisation and the caching allocator's peak counter; a CPU has neither, so time is the
-wall clock (CPU kernels are synchronous) and the peak is replayed from the allocation events
-PyTorch's profiler records (the CPU allocator reports every allocation and free to it).
+memory did this need at its peak". Time is the wall clock around the call, on CUDA after
+``torch.cuda.synchronize`` (kernels are queued, not run, when the call returns; CPU kernels
+are synchronous). The peak on CUDA is the caching allocator's peak counter; a CPU allocator
+keeps none, so there it is replayed from the allocation events PyTorch's profiler records
+(the CPU allocator reports every allocation and free to it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def resolve_device(name: str) -> torch.device:
         raise MeasureError(f"device {name!r}: this machine has no CUDA device; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise MeasureError(f"device {name!r}: only cpu and cuda can be measured")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MeasureError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                           f"devices, cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
