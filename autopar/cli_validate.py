@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from autopar.cli_common import read_plan
+from autopar.cli_profile import check_output_dir
 from autopar.errors import AutoparError
 from autopar.plan import Plan
 
@@ -72,6 +73,8 @@ def _validate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     plan = read_plan(args.plan)
     source = model_source(plan, args.model)
+    if args.update_profile:
+        check_output_dir(args.update_profile)
 
     def say(line: str) -> None:
         if not args.quiet:

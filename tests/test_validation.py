@@ -94,6 +94,16 @@ def test_fit_recovers_known_scales() -> None:
     assert a == pytest.approx(2.0) and b == pytest.approx(0.5)
 
 
+def test_fit_of_proportional_parts_scales_both() -> None:
+    """One distinct layer (its two parts proportional in every row), both over-predicted
+    fourfold: both parts scale by a quarter. The fallback once fitted neither and returned a
+    memory factor of 1e-3, which set memory efficiency to 1."""
+    a, b = _fit_two([(2.0, 2.0, 1.0), (4.0, 4.0, 2.0)])
+    assert a == pytest.approx(0.25) and b == pytest.approx(0.25)
+    assert _fit_two([(3.0, 0.0, 12.0)]) == pytest.approx((4.0, 1.0))  # memory part unknown
+    assert _fit_two([]) == (1.0, 1.0)
+
+
 def test_refit_profile_predicts_what_was_measured() -> None:
     """A device four times slower at arithmetic than its profile says: after the refit the
     predictions of the same runs match them."""
@@ -136,3 +146,94 @@ def test_run_the_real_plan(plan_file: Path, capsys: pytest.CaptureFixture[str]) 
     for r in ran["ranks"]:
         assert r["measured_step_s"] > 0 and r["measured_peak_bytes"] > 0
         assert r["time_error"] is not None and r["peak_error"] is not None
+
+
+def test_a_model_fed_by_keywords_only() -> None:
+    """Inputs all keywords (``input_ids=`` of a Hugging Face model): the micro-batch is found
+    among them (it was looked for among the positional inputs only: StopIteration)."""
+    from tests.models import hf_model
+
+    model = hf_model("llama", layers=2, hidden=64)
+    ids = torch.zeros(2, 32, dtype=torch.long, device="meta")
+    plan = autopar.plan(model, autopar.Cluster.from_profile("cpu", devices_per_node=1),
+                        example_inputs=(ids,), global_batch_size=2, precision="fp32")
+    result = validate(model, plan, inputs=(), repeats=1, stages=False,
+                      kwargs={"input_ids": torch.zeros(2, 32, dtype=torch.long)})
+    assert result.layers and all(r.measured_forward_s > 0 for r in result.layers)
+    with pytest.raises(ValidationError, match="no tensor with a batch dimension"):
+        validate(model, plan, inputs=(), kwargs={})
+
+
+class _PositionEmbedding(torch.nn.Module):
+    """Token and position embeddings, positions read from a buffer (as BERT's are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = torch.nn.Embedding(50, 16)
+        self.positions = torch.nn.Embedding(8, 16)
+        self.register_buffer("position_ids", torch.arange(8), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tokens(ids) + self.positions(self.position_ids[: ids.shape[1]])
+
+
+class _PositionNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = _PositionEmbedding()
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(2))
+        self.head = torch.nn.Linear(16, 50)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def test_layer_buffers_hold_values_not_leftover_memory() -> None:
+    """A layer's buffers are the model's (or zeros for a meta model), not whatever ``to_empty``
+    left: leftover position ids indexed out of range."""
+    from autopar.executor.layout import meta_copy
+    from autopar.validation.local_layers import local_layer
+
+    model = _PositionNet()
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    plan = autopar.plan(model, autopar.Cluster.from_profile("cpu", devices_per_node=1),
+                        example_inputs=(ids,), global_batch_size=2, precision="fp32")
+    cpu = torch.device("cpu")
+    real = local_layer(model, "embed", plan, cpu, torch.float32)
+    assert torch.equal(real.position_ids, torch.arange(8))
+    meta = local_layer(meta_copy(model), "embed", plan, cpu, torch.float32)
+    assert torch.equal(meta.position_ids, torch.zeros(8, dtype=torch.long))
+    result = validate(model, plan, inputs=(ids,), repeats=1, stages=False)
+    assert {r.layer for r in result.layers} == {"embed", "blocks.0", "blocks.1", "head"}
+
+
+def test_run_on_the_cpu_hides_gpus(plan_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--run --device cpu: the executor takes a GPU whenever one is visible, so the ranks are
+    started with none visible (else all would share the first one)."""
+    import subprocess
+
+    from autopar.validation import distributed
+
+    seen: dict[str, str] = {}
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.update(kwargs["env"])  # type: ignore[arg-type]
+        return subprocess.CompletedProcess(command, 1, "", "RuntimeError: stopped here")
+
+    monkeypatch.setattr(distributed.subprocess, "run", run)
+    plan = Plan.load(plan_file)
+    with pytest.raises(ValidationError, match="stopped here"):
+        distributed.launch(str(plan_file), plan, {"spec": MODEL}, steps=1, device="cpu")
+    assert seen["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_update_profile_into_a_missing_directory_is_refused_first(
+        plan_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the layers are measured, not after."""
+    out = tmp_path / "missing" / "refit.toml"
+    assert main(["validate", str(plan_file), "-q", "--update-profile", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map_only
+from torch.utils._pytree import tree_leaves, tree_map_only
 
 from autopar.cluster import DeviceProfile, NodeGroup
 from autopar.cost_models.pipeline import peak_in_flight
@@ -89,7 +89,12 @@ class Validation:
         self.device = resolve_device(device)
         if inputs is None:
             inputs = example_inputs(meta_copy(model), plan)
-        rows = next(t.shape[0] for t in inputs if isinstance(t, torch.Tensor))
+        batched = [t for t in tree_leaves((inputs, kwargs or {}))
+                   if isinstance(t, torch.Tensor) and t.dim() > 0]
+        if not batched:  # (inputs may all be keywords: HF models take input_ids=)
+            raise ValidationError("the example inputs hold no tensor with a batch dimension; "
+                                  "pass inputs= or kwargs= with one, batch first")
+        rows = batched[0].shape[0]
         inputs, kwargs = tree_map_only(
             torch.Tensor, lambda t: _micro_batch(t, rows, config.micro_batch_size),
             (inputs, kwargs or {}))

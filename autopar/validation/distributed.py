@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from autopar.plan import Plan
+from autopar.profiling.measure import resolve_device
 from autopar.table import render
 from autopar.validation.local_layers import ValidationError
 from autopar.validation.report import Compared
@@ -79,15 +80,24 @@ def launch(plan_path: str, plan: Plan, source: dict[str, Any], *, steps: int,
         raise ValidationError(f"the plan spans {plan.cluster.num_nodes} nodes; --run runs on "
                               "this machine only: validate its layers without --run, or run "
                               "a one-node plan")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    import torch
+
+    if resolve_device(device).type == "cuda" and plan.world_size > torch.cuda.device_count():
+        raise ValidationError(f"the plan has {plan.world_size} processes and this machine "
+                              f"{torch.cuda.device_count()} CUDA devices; --run needs one per "
+                              "process: run it with --device cpu, or validate without --run")
+    if resolve_device(device).type == "cpu":
+        # The executor takes a GPU whenever it sees one: hide them, or every rank would
+        # share the first (NCCL refuses) although the CPU was asked for.
+        env["CUDA_VISIBLE_DEVICES"] = ""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ranks.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={plan.world_size}", "-m", "autopar.validation.distributed",
                    plan_path, "--source", json.dumps(source), "--steps", str(steps),
                    "--device", device, "--out", str(out)]
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
-                                  "OMP_NUM_THREADS", "1")})
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0 or not out.exists():
             lines = done.stderr.splitlines()
             errors = ([line for line in lines if line.startswith("[rank") and "Error" in line]

@@ -39,8 +39,8 @@ from autopar.tracing import Layer
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_head")
 """Attributes an attention module may read its head counts from (as the executor's TP does)."""
 
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-                  "tf32": torch.float32}
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The plan precisions (those the cost models know) and the dtype their layers compute in."""
 
 
 class ValidationError(AutoparError):
@@ -136,9 +136,10 @@ def capture_calls(model: nn.Module, layers: list[Layer], inputs: tuple[Any, ...]
             _replace(shell, name, _Recorder(meta.get_submodule(name), device, dtype, calls, name))
     shell.to_empty(device=device)
     with torch.no_grad():
-        for tensor in [*shell.parameters(), *shell.buffers()]:
+        for tensor in shell.parameters():
             if tensor.is_floating_point():
-                tensor.zero_()  # glue buffers (rotary frequencies): any finite value times
+                tensor.zero_()  # glue weights: any finite value times the same
+    fill_buffers(shell, model)
     real = tree_map_only(torch.Tensor, lambda t: _real_input(t, device), (inputs, kwargs))
     try:
         with torch.no_grad():
@@ -147,6 +148,21 @@ def capture_calls(model: nn.Module, layers: list[Layer], inputs: tuple[Any, ...]
         raise ValidationError(f"running the model's own forward on {device} with its layers "
                               f"recorded failed: {type(exc).__name__}: {exc}") from None
     return calls
+
+
+def fill_buffers(module: nn.Module, source: nn.Module) -> None:
+    """Give ``module``'s buffers, uninitialised by ``to_empty``, values: ``source``'s where it
+    holds real ones of the same shape, else zeros. Leftover memory would be any bits at all:
+    position ids that index out of range, NaNs, or denormals that slow a CPU down."""
+    real = dict(source.named_buffers())
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            value = real.get(name)
+            if (value is not None and value.device.type != "meta"
+                    and value.shape == buffer.shape):
+                buffer.copy_(value)
+            else:
+                buffer.zero_()
 
 
 def _real_input(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -193,6 +209,7 @@ def local_layer(model: nn.Module, name: str, plan: Plan, device: torch.device,
                 if isinstance(value, int) and value % tp == 0:
                     setattr(owner, attr, value // tp)
     module.to_empty(device=device)
+    fill_buffers(module, model.get_submodule(name))
     module.to(dtype)
     with torch.no_grad():
         for p in module.parameters():

@@ -212,12 +212,20 @@ def _fit_two(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
         a, b = (t1 * s22 - t2 * s12) / det, (t2 * s11 - t1 * s12) / det
         if a > 0 and b > 0:
             return a, b
-    # A coefficient would come out non-positive (or undetermined): keep that part as it was
-    # (coefficient 1) and fit the other to what is left.
-    fit_a = sum(x1 / y * (1 - x2 / y) for x1, x2, y in rows) / s11 if s11 > 0 else 1.0
-    fit_b = sum(x2 / y * (1 - x1 / y) for x1, x2, y in rows) / s22 if s22 > 0 else 1.0
-    residual_a = sum((1 - (fit_a * x1 + x2) / y) ** 2 for x1, x2, y in rows)
-    residual_b = sum((1 - (x1 + fit_b * x2) / y) ** 2 for x1, x2, y in rows)
-    if fit_a > 0 and (residual_a <= residual_b or fit_b <= 0):
-        return fit_a, 1.0
-    return 1.0, max(fit_b, 1e-3)
+    # A coefficient would come out non-positive, or the two parts are proportional in every
+    # row (one distinct layer, say) and cannot be told apart. Candidates: keep one part as it
+    # was (coefficient 1) and fit the other to what is left, or scale both alike; the one
+    # with the least residual among those with positive coefficients wins.
+    candidates = [(1.0, 1.0)]
+    if s11 > 0:
+        candidates.append((sum(x1 / y * (1 - x2 / y) for x1, x2, y in rows) / s11, 1.0))
+    if s22 > 0:
+        candidates.append((1.0, sum(x2 / y * (1 - x1 / y) for x1, x2, y in rows) / s22))
+    both = s11 + 2 * s12 + s22
+    if both > 0:
+        common = (t1 + t2) / both
+        candidates.append((common, common))
+
+    def residual(ab: tuple[float, float]) -> float:
+        return sum((1 - (ab[0] * x1 + ab[1] * x2) / y) ** 2 for x1, x2, y in rows)
+    return min((c for c in candidates if c[0] > 0 and c[1] > 0), key=residual)

@@ -103,8 +103,9 @@ def measure(modules: list[nn.Module], calls: list[Call], device: torch.device,
 
 
 def _holding(forward: Callable[[], torch.Tensor]) -> Callable[[], Any]:
-    """``forward`` with its graph kept until the next call, as training keeps it for backward
-    (freeing it inside the timed region would time the free too)."""
+    """``forward`` with its graph (saved activations) kept until the next call starts, as
+    training keeps it for backward: the forwards then run with the allocator as full as in
+    training, rather than each reusing the blocks the previous one just freed."""
     held: list[torch.Tensor] = []
 
     def run() -> None:
