@@ -89,14 +89,15 @@ def test_pipeline_stages_under_ddp(config: dict[str, object]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [dict(tp=2, dp=2), dict(pp=2, tp=2)],
                          ids=["tp2dp2", "pp2tp2"])
-def test_sequence_parallel_same_as_single_process(config: dict[str, int]) -> None:
-    graph = _graph("llama")
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_sequence_parallel_same_as_single_process(name: str, config: dict[str, int]) -> None:
+    graph = _graph(name)
     plan = make_plan(graph, GLOBAL_BATCH, sequence_parallel=True, **config)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # forked ranks inherit it: a fallback fails the test
-        ranks = run_ranks(plan.world_size, train_recording_outputs, "llama", plan, graph, STEPS)
-    worst = compare([r[:2] for r in ranks], _reference("llama"))
-    assert worst <= TOLERANCE, f"llama {config}+sp: max relative difference {worst:.2e}"
+        ranks = run_ranks(plan.world_size, train_recording_outputs, name, plan, graph, STEPS)
+    worst = compare([r[:2] for r in ranks], _reference(name))
+    assert worst <= TOLERANCE, f"{name} {config}+sp: max relative difference {worst:.2e}"
     if config.get("pp"):  # the first stage sends its tp rank's half of the sequence
         sent = {shape for r in ranks[:2] for shape in r[2]}
         assert sent == {(GLOBAL_BATCH // plan.config.micro_batches(GLOBAL_BATCH), SEQ // 2,
@@ -124,13 +125,35 @@ def test_sp_plan_of_pipeline_chunks_keeps_the_sequence_sharded() -> None:
 
 
 def test_sequence_parallel_is_decided_for_the_whole_model() -> None:
-    model, graph = build("gpt2"), _graph("gpt2")
-    with pytest.warns(UserWarning, match=r"transformer.h.0.attn: stays replicated"):
+    model, graph = build("mlp"), _graph("mlp")
+    with pytest.warns(UserWarning, match=r"no split attention/MLP blocks"):
         assert not sequence_parallel_applies(model, graph.layers, 2, tied_modules(model))
-    llama = build("llama")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert sequence_parallel_applies(llama, _graph("llama").layers, 2, tied_modules(llama))
+    for name in ("llama", "gpt2"):
+        model = build(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert sequence_parallel_applies(model, _graph(name).layers, 2, tied_modules(model))
+
+
+def test_sp_plan_of_gpt2_shards_both_embeddings() -> None:
+    """GPT-2 adds a position embedding to the token embedding: both outputs become
+    ``Shard(1)``, so their sum is; its tied head gathers its input."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import PrepareModuleOutput, SequenceParallel
+
+    model, graph = build("gpt2"), _graph("gpt2")
+    tp, _ = tp_plan(model, graph.layers, 2, tied_modules(model))
+    plan, reason = sp_plan(model, graph.layers, tp)
+    assert reason is None
+    for embedding in ("transformer.wte", "transformer.wpe"):
+        style = plan[embedding]
+        assert isinstance(style, PrepareModuleOutput)
+        assert style.desired_output_layouts == (Shard(1),)
+    for norm in ("transformer.h.0.ln_1", "transformer.h.0.ln_2", "transformer.ln_f"):
+        assert isinstance(plan[norm], SequenceParallel)
+    assert isinstance(plan["transformer.h.0.attn"], GatherInput)
+    assert plan["transformer.h.0.attn.c_proj"].inner.output_layouts == (Shard(1),)  # type: ignore[attr-defined]
+    assert isinstance(plan["lm_head"], GatherInput)
 
 
 def test_sp_plan_shards_the_sequence_between_blocks() -> None:
@@ -153,8 +176,7 @@ def test_sp_plan_shards_the_sequence_between_blocks() -> None:
     assert isinstance(head, ColwiseParallel) and head.input_layouts == (Shard(1),)
 
 
-@pytest.mark.parametrize("name,part", [("gpt2", "transformer.h.0.attn"),
-                                       ("mlp", "no split attention/MLP blocks")])
+@pytest.mark.parametrize("name,part", [("mlp", "no split attention/MLP blocks")])
 def test_sp_plan_falls_back_naming_the_part(name: str, part: str) -> None:
     model, graph = build(name), _graph(name)
     tp, _ = tp_plan(model, graph.layers, 2, tied_modules(model))

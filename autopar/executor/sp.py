@@ -94,12 +94,6 @@ def sp_plan(root: nn.Module, layers: list[Layer], tp_styles: dict[str, ParallelS
     decoder = [i for i, layer in enumerate(layers) if _is_block(layer)]
     if whole_model and not decoder:
         return tp_styles, "the model has no split attention/MLP blocks"
-    embedding = bool(layers) and layers[0].index == 0
-    start = 1 if embedding else 0
-    first, last = (decoder[0], decoder[-1]) if decoder else (start, start - 1)
-    between = [layers[i].name for i in range(first, last + 1) if i not in decoder]
-    if between:
-        return tp_styles, f"{', '.join(between)}: layers without split blocks between blocks"
 
     def owners(layer: Layer) -> list[tuple[str, nn.Module]]:
         found = []
@@ -112,18 +106,31 @@ def sp_plan(root: nn.Module, layers: list[Layer], tp_styles: dict[str, ParallelS
                 found.append((name, module))
         return found
 
+    embedding = bool(layers) and layers[0].index == 0
+    start = 0
+    if embedding:  # the token embedding, and position embeddings added to it (GPT-2's wpe)
+        start = 1
+        while (start < len(layers) and start not in decoder
+               and _single_embedding(owners(layers[start]))):
+            start += 1
+    first, last = (decoder[0], decoder[-1]) if decoder else (start, start - 1)
+    between = [layers[i].name for i in range(first, last + 1) if i not in decoder]
+    if between:
+        return tp_styles, f"{', '.join(between)}: layers without split blocks between blocks"
+
     for layer in layers[first:last + 1]:
         reason = _block_styles(layer, owners(layer), plan)
         if reason is not None:
             return tp_styles, reason
 
     if embedding:
-        if decoder and first != 1:
-            extra = ", ".join(layer.name for layer in layers[1:first])
-            return tp_styles, f"{extra}: more than one layer before the first block"
-        reason = _embedding_style(layers[0].name, owners(layers[0]), plan)
-        if reason is not None:
-            return tp_styles, reason
+        if decoder and first != start:
+            extra = ", ".join(layer.name for layer in layers[start:first])
+            return tp_styles, f"{extra}: layers other than embeddings before the first block"
+        for layer in layers[:start]:
+            reason = _embedding_style(layer.name, owners(layer), plan)
+            if reason is not None:
+                return tp_styles, reason
 
     for layer in layers[last + 1:]:
         for name, module in owners(layer):
@@ -172,10 +179,15 @@ def _block_styles(layer: Layer, owners: list[tuple[str, nn.Module]],
     return None
 
 
+def _single_embedding(owners: list[tuple[str, nn.Module]]) -> bool:
+    return len(owners) == 1 and isinstance(owners[0][1], nn.Embedding)
+
+
 def _embedding_style(layer: str, owners: list[tuple[str, nn.Module]],
                      plan: dict[str, ParallelStyle]) -> str | None:
-    """Make the embedding's output ``Shard(1)``; returns why it cannot, or None."""
-    if len(owners) != 1 or not isinstance(owners[0][1], nn.Embedding):
+    """Make the embedding's output ``Shard(1)`` (a position embedding's too, so that the sum
+    of the two is); returns why it cannot, or None."""
+    if not _single_embedding(owners):
         return f"{layer}: the first layer is not a single embedding"
     name = owners[0][0]
     if name in plan:
