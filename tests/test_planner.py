@@ -392,3 +392,82 @@ def test_plan_is_the_optimum_on_a_heterogeneous_cluster(zero: int) -> None:
         assert best is not None
         assert plan.estimate.step_time == pytest.approx(best, rel=1e-12), order
         assert plan.solver.optimal
+
+
+def test_interleaved_bubble_bound_never_exceeds_any_split() -> None:
+    """``_shape_bound(bubble=True)`` (the weighted-paths certificate of ``bubble.py``) against
+    ``estimate()`` of every contiguous split of sampled interleaved shapes of the small GPT,
+    under uniform and random per-layer recomputation that fits. It is tight enough that the
+    bound inflated by 1.3 would fail."""
+    import random
+
+    from autopar.layer_profiles import layer_profiles
+    from autopar.solver.constraints import Constraints
+    from autopar.solver.search import _shape_bound
+    from autopar.solver.space import Shape
+    from autopar.solver.tables import LayerClasses, ShapeTables
+
+    graph = small_gpt_graph()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
+    n = len(graph.layers)
+    profiles = layer_profiles(graph)
+    classes = LayerClasses(graph, profiles)
+    rules = Constraints.of(None)
+    costs: dict[tuple, object] = {}
+    rng = random.Random(11)
+    checked, closest, raised = 0, 0.0, 0
+    for tp, pp, v, zero, mbs, rounds in itertools.product((1, 2), (2, 4), (2, 3, 4), (1, 3),
+                                                         (1, 2), (1, 2, 4)):
+        if pp * v > n:
+            continue
+        dp = 8 // (tp * pp)
+        gbs = dp * mbs * pp * rounds
+        shape = Shape(tp, pp, 1, dp, zero, tp > 1, "interleaved", v, mbs)
+        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
+                             rules.recompute, rules.memory_headroom, costs)
+        bound, _ = _shape_bound(tables, bubble=True)
+        raised += bound > _shape_bound(tables)[0]
+        patterns = [(m,) * n for m in ("none", "selective", "full")]
+        patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
+                     for _ in range(2)]
+        for cuts in itertools.combinations(range(1, n), pp * v - 1):
+            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+            for modes in patterns:
+                e = estimate(graph, cluster, shape.config(layers_per_stage=split,
+                                                          recompute=modes),
+                             global_batch_size=gbs)
+                if e.fits and e.peak_memory <= e.capacity * (1 - rules.memory_headroom):
+                    assert bound <= e.step_time, (shape, split, modes, bound, e.step_time)
+                    closest = max(closest, bound / e.step_time)
+                    checked += 1
+    assert checked > 1000 and raised > 10
+    assert closest * 1.3 > 1
+
+
+def test_bubble_certificate_bounds_the_simulated_step() -> None:
+    """Every weighted-paths certificate (the LP's, and random weights) is at most the
+    simulated interleaved step, whatever the chunks and sends cost (random cases)."""
+    import random
+
+    from autopar.cost_models.pipeline import StageCost, simulate
+
+    from autopar.solver.bubble import certificate, evaluate
+
+    rng = random.Random(2)
+    for trial in range(600):
+        p, v = rng.randint(2, 6), rng.randint(2, 4)
+        m = p * rng.randint(1, 4)
+        if trial % 2:
+            cert = certificate(p, v, m)
+        else:
+            cert = evaluate(p, v, m, [rng.random() for _ in range(p)],
+                            [[rng.random() for _ in range(v)] for _ in range(p)],
+                            [[rng.random() for _ in range(v)] for _ in range(p)])
+        least = rng.random() * 0.3
+        stages = [StageCost(rng.random() * rng.choice((0, 1, 3)),
+                            rng.random() * rng.choice((0, 1, 3)),
+                            send=least + rng.choice((0.0, 0.2 * rng.random())))
+                  for _ in range(p * v)]
+        bound = sum(cert.alpha[k] * s.forward + cert.beta[k] * s.backward
+                    for k, s in enumerate(stages)) + cert.sends * least
+        assert bound <= simulate(stages, m, "interleaved", v).step_time * (1 + 1e-12)

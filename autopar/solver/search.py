@@ -28,6 +28,7 @@ from autopar.cluster import Cluster, NodeGroup
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import Estimate, estimate, repeated_blocks
 from autopar.layer_profiles import layer_profiles
+from autopar.solver.bubble import certificate
 from autopar.solver.constraints import Constraints
 from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
 from autopar.solver.stage_model import StageModel
@@ -136,6 +137,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
                  f"configurations fit" + (f"; best {best.estimate.step_time:.3f} s/step, "
                                           f"{_describe(best.config)}" if best else ""))
     models: dict[Shape, StageModel] = {}
+    sharpened: set[Shape] = set()
     stopped_at: float | None = None
     while heap:
         bound, _, item, t = heapq.heappop(heap)
@@ -158,6 +160,14 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
                     stats.pruned_by_memory += 1
             continue
         assert t is not None and isinstance(item, Shape)
+        if item not in models and item not in sharpened and _has_bubble_bound(t):
+            # About to be solved: first the interleaved bubble bound (an LP per (p, v, m),
+            # too slow to compute for every shape), which may put it back higher.
+            sharpened.add(item)
+            sharper, _ = _shape_bound(t, bubble=True)
+            if sharper > bound:
+                heapq.heappush(heap, (sharper, _order(item), item, t))
+                continue
         if item not in models:
             stats.solved += 1
             if item not in per_shape:  # else the first plans costed it already
@@ -393,9 +403,10 @@ def _speed_share(t: ShapeTables) -> float:
     return t.costs[key]  # type: ignore[return-value]
 
 
-def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
+def _shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
     """(step-time lower bound, whether the devices can hold it) of one shape, valid for every
-    split and recomputation."""
+    split and recomputation; with ``bubble``, also the interleaved bubble bound
+    (``_interleaved_bubble``, which solves an LP the first time per (p, v, m))."""
     shape, m, p = t.shape, t.micro_batches, t.shape.pp
     work, zb_chain, optimizer = _work(t)
     fits, recompute = _least_recompute(t)
@@ -407,6 +418,8 @@ def _shape_bound(t: ShapeTables) -> tuple[float, bool]:
     if shape.schedule == "interleaved" and shape.virtual_stages > 1 and len(t.distinct_groups) == 1:
         pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
                    * _least_send(t))
+    if bubble and _has_bubble_bound(t):
+        pipe = max(pipe, _interleaved_bubble(t, recompute))
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
         # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
@@ -446,6 +459,43 @@ def interleaved_sends(p: int, v: int, m: int) -> float:
     lam = m / (p * (m - p + 1))
     mu = (m - p) / (p * (m - p + 1))
     return 2 * (lam * (p * v - 1) + mu * (p - 1) * (p - 2) / 2)
+
+
+def _has_bubble_bound(t: ShapeTables) -> bool:
+    """Whether ``_interleaved_bubble`` applies: interleaved chunks on one node group."""
+    return (t.shape.schedule == "interleaved" and t.shape.virtual_stages > 1
+            and len(t.distinct_groups) == 1)
+
+
+def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
+    """Least pipeline time of an interleaved shape (one node group) over every split: the
+    weighted paths of ``bubble.certificate``, ``sum_k alpha_k F_k + beta_k B_k + sends s``,
+    with each layer at its least weighted cost over the chunks (so whatever chunk the split
+    puts it in), and ``recompute`` (the least recomputation that lets activations fit,
+    beyond each class's fastest mode) at the least coefficient of any chunk, where every
+    allowed mode costs at least the fastest one both forward and backward."""
+    s = t.shape
+    m = t.micro_batches
+    cert = certificate(s.pp, s.virtual_stages, m)
+    key = ("bubble", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp,
+           s.virtual_stages, m)
+    if key not in t.costs:
+        figures = t.base(t.distinct_groups[0])
+        total, dominated = 0.0, True
+        for c, size in enumerate(t.classes.size):
+            f = figures[c]
+            fastest = min(t.modes, key=lambda mode: f.forward(mode) + f.backward(mode))
+            if all(f.forward(mode) >= f.forward(fastest) and f.backward(mode)
+                   >= f.backward(fastest) for mode in t.modes):
+                total += size * cert.least(f.forward(fastest), f.backward(fastest))
+            else:
+                dominated = False
+                total += size * min(cert.least(f.forward(mode), f.backward(mode))
+                                    for mode in t.modes)
+        least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
+        t.costs[key] = (total, least_coefficient)
+    total, least_coefficient = t.costs[key]  # type: ignore[misc]
+    return total + least_coefficient * recompute + cert.sends * _least_send(t)
 
 
 def _least_send(t: ShapeTables) -> float:
