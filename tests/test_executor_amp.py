@@ -35,8 +35,8 @@ process does (a tensor-parallel row layer rounds each rank's partial product bef
 all-reduce; a data-parallel replica or a pipeline micro-batch multiplies a smaller matrix,
 blocked differently; FSDP casts every weight, the one process only the matmuls' operands), so
 a matmul output may differ by a rounding. A loss is a mean over many tokens and stays within
-one rounding (2^-8; measured up to 3.6e-5, GPT-2 tp2). A weight is its initial value plus 3 updates: a
-weight initialised to zero (GPT-2's biases, norm biases) is nothing but the sum of 3
+one rounding (2^-8; measured up to 3.6e-5, GPT-2 tp2). A weight is its initial value plus 3
+updates: a weight initialised to zero (GPT-2's biases, norm biases) is nothing but the sum of 3
 gradients, each the end of a chain of bf16-rounded products, so its relative difference is
 the gradients' own, a few roundings: 2^-6 = 1.6e-2 (4 roundings). Measured on weights: 5.5e-4
 (Llama dp2, pp2), 8.4e-4 (Llama tp2), 1.0e-3 (Llama FSDP x 2), 6.3e-3 (GPT-2 tp2; GPT-2 dp2:

@@ -1,6 +1,6 @@
 """The plan's precision outside FSDP: automatic mixed precision (``torch.autocast``).
 
-A ``bf16`` or ``fp16`` plan trains the standard AMP way wherever FSDP's
+A ``bf16`` plan trains the standard AMP way wherever FSDP's
 ``MixedPrecisionPolicy`` does not apply (DDP, tensor-parallel DTensors, pipeline stages, the
 hand-averaged paths): parameters, gradients, their data-parallel reduction and the optimizer
 stay float32 (master weights); each forward runs under ``torch.autocast`` with the plan's
