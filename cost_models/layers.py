@@ -62,24 +62,53 @@ class LayerProfile:
 
     def saved_bytes(self, tp: int, sequence_parallel: bool, *, selective: bool = False) -> float:
         """Activation bytes per sample one TP rank keeps for backward; ``selective`` drops the
-        attention core's (it is recomputed)."""
-        return sum((op.saved_bytes - (op.score_bytes if selective else 0.0))
-                   / (tp if op.sharded or sequence_parallel else 1) for op in self.ops)
+        attention core's (it is recomputed). Cached within the process (the same sum)."""
+        key = (id(self), tp, sequence_parallel, selective)
+        hit = _SAVED.get(key)
+        if hit is not None and hit[0] is self:
+            return hit[1]
+        if len(_SAVED) >= _CACHE_ENTRIES:
+            _SAVED.clear()
+        saved = sum((op.saved_bytes - (op.score_bytes if selective else 0.0))
+                    / (tp if op.sharded or sequence_parallel else 1) for op in self.ops)
+        _SAVED[key] = (self, saved)
+        return saved
+
+
+_CACHE_ENTRIES = 1 << 16
+
+_SAVED: dict[tuple, tuple[LayerProfile, float]] = {}
+"""``saved_bytes`` of this process, keyed by the identity of the (frozen) profile, which each
+entry keeps alive (so an id is never reused while its entry stands)."""
+
+_TIMES: dict[tuple, tuple[LayerProfile, Device, tuple[float, float, float]]] = {}
+"""``layer_time`` of this process, keyed by the identities of the (frozen) profile and device
+(kept alive by the entry), the dtype and the per-op scales: every (samples, tp, sequence
+parallelism, cp) with the same scales sums the same op times in the same order."""
 
 
 def layer_time(profile: LayerProfile, samples: float, device: Device, dtype: str, *, tp: int,
                sequence_parallel: bool, cp: int) -> tuple[float, float, float]:
     """(forward, backward, attention-core forward) seconds of one micro-batch of ``samples``.
 
-    The third is what selective recomputation adds to the backward pass."""
+    The third is what selective recomputation adds to the backward pass. Cached within the
+    process by the two scales the ops take (sharded and not)."""
+    sharded = samples / (cp * tp)
+    replicated = samples / (cp * (tp if sequence_parallel else 1))
+    key = (id(profile), id(device), dtype, sharded, replicated)
+    hit = _TIMES.get(key)
+    if hit is not None and hit[0] is profile and hit[1] is device:
+        return hit[2]
     forward = backward = attention = 0.0
     for op in profile.ops:
-        split = cp * (tp if op.sharded or sequence_parallel else 1)
-        scale = samples / split
+        scale = sharded if op.sharded or sequence_parallel else replicated
         f = op_time(op.op_class, op.fwd_flops * scale, op.fwd_bytes * scale, device, dtype)
         forward += f
         backward += op_time(op.op_class, op.bwd_flops * scale, op.bwd_bytes * scale, device,
                             dtype)
         if op.attention_core:
             attention += f
+    if len(_TIMES) >= _CACHE_ENTRIES:
+        _TIMES.clear()
+    _TIMES[key] = (profile, device, (forward, backward, attention))
     return forward, backward, attention

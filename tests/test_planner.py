@@ -471,3 +471,31 @@ def test_bubble_certificate_bounds_the_simulated_step() -> None:
         bound = sum(cert.alpha[k] * s.forward + cert.beta[k] * s.backward
                     for k, s in enumerate(stages)) + cert.sends * least
         assert bound <= simulate(stages, m, "interleaved", v).step_time * (1 + 1e-12)
+
+
+def test_interleaved_paths_bound_the_simulated_step() -> None:
+    """The paths ``L(d, r, c)`` the stage model starts from never exceed the simulated
+    interleaved step (nor the critical path), whatever the chunks and sends cost; they are
+    tight in some cases, and ×1.3 they would fail."""
+    import random
+
+    from autopar.cost_models.pipeline import StageCost, simulate
+
+    from autopar.solver.paths import critical_path, interleaved_paths
+
+    rng = random.Random(3)
+    tight = inflated_fails = 0
+    for _ in range(800):
+        p, v = rng.choice((2, 2, 3, 4)), rng.randint(2, 5)
+        m = p * rng.randint(1, 4)
+        k = p * v
+        f = [rng.randint(1, 1000) * rng.choice((0, 1, 3)) for _ in range(k)]
+        b = [rng.randint(1, 2000) * rng.choice((0, 1, 3)) for _ in range(k)]
+        s = [rng.randint(0, 300) for _ in range(k - 1)] + [0]
+        bound = interleaved_paths(p, v, m, f, b, s)
+        step = simulate([StageCost(f[i], b[i], send=s[i]) for i in range(k)], m,
+                        "interleaved", v).step_time
+        assert bound <= critical_path("interleaved", p, m, v, f, b, s)[0] == step
+        tight += bound == step
+        inflated_fails += bound * 1.3 > step
+    assert tight > 0 and inflated_fails > 0

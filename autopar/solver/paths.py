@@ -92,3 +92,22 @@ def critical_path(schedule: str, p: int, m: int, v: int, forward: list[int],
             snd[lag_chunk] += 1
         node = via
     return end[tail], Path(tuple(fwd), tuple(bwd), tuple(snd))
+
+
+def interleaved_paths(p: int, v: int, m: int, forward: list[int], backward: list[int],
+                      send: list[int]) -> int:
+    """The longest of the interleaved schedule's paths ``L(d, r, c)`` (``bubble.py``), which
+    the stage model adds as constraints from the start (``m`` a multiple of ``p``): for each
+    device d, ``m Y_d`` plus the longest forward part ``FP(d, r)`` plus the longest backward
+    part ``BP(d, c)``, with ``FP(d, r) = sum_{k < rp+d} (F_k + s_k) - p sum_{q < r} F_{qp+d}``
+    and ``BP`` alike. A lower bound on the step time for these costs."""
+    k_chunks = p * v
+    best = 0
+    for d in range(p):
+        work = sum(forward[k] + backward[k] for k in range(d, k_chunks, p))
+        ends = []
+        for xs in (forward, backward):
+            ends.append(max(sum(xs[k] + send[k] for k in range(r * p + d))
+                            - p * sum(xs[q * p + d] for q in range(r)) for r in range(v)))
+        best = max(best, m * work + ends[0] + ends[1])
+    return best

@@ -216,11 +216,61 @@ class StageModel:
             else:
                 md.add(allocated <= math.floor(tables.capacity(group)))
 
+        if (tables.shape.schedule == "interleaved" and v > 1 and p > 1 and m % p == 0
+                and not minimize_memory):
+            self._interleaved_paths(fwd, bwd, send, horizon)
+
         if peak is not None:
             md.minimize(peak)
         else:
             md.minimize(self.pipe + dp_time + opt_time)
         self._objective_parts = (self.pipe, dp_time, opt_time)
+
+    def _interleaved_paths(self, fwd: list[Expr], bwd: list[Expr], send: list[Expr],
+                           horizon: int) -> None:
+        """Every path ``L(d, r, c)`` of the interleaved schedule's graph (``bubble.py``) as a
+        lower bound on the pipeline: micro-batch 0 forward through chunks ``0 .. rp+d-1`` to
+        device d's round-r chunk, d's order from there to the last micro-batch's backward of
+        its round-c chunk (all of d's work but ``p`` forwards of each of its rounds before r
+        and ``p`` backwards of each before c), that micro-batch back through chunks
+        ``cp+d-1 .. 0``. For each device, the pipeline is at least ``m Y_d`` plus the longest
+        forward part plus the longest backward part (they are chosen independently), so
+        ``2 p v`` constraints add all ``p v^2`` paths; the cuts then start from them."""
+        md = self.model
+        p, v, m = self.t.shape.pp, self.t.shape.virtual_stages, self.t.micro_batches
+        k_chunks = p * v
+
+        def as_vars(xs: list[Expr], name: str) -> list[Expr]:
+            out: list[Expr] = []
+            for k, x in enumerate(xs):
+                if isinstance(x, int):
+                    out.append(x)
+                    continue
+                var = md.new_int_var(0, horizon, f"{name}{k}")
+                md.add(var == x)
+                out.append(var)
+            return out
+
+        def through(xs: list[Expr], name: str) -> list[Expr]:
+            """through[j]: chunks 0 .. j-1 and the sends after them."""
+            run: list[Expr] = [0]
+            for k in range(k_chunks - 1):
+                var = md.new_int_var(0, horizon, f"{name}{k}")
+                md.add(var == run[-1] + xs[k] + send[k])
+                run.append(var)
+            return run
+
+        f, b = as_vars(fwd, "f"), as_vars(bwd, "b")
+        f_through, b_through = through(f, "fthrough"), through(b, "bthrough")
+        for d in range(p):
+            ends = []
+            for xs, run, name in ((f, f_through, "fpart"), (b, b_through, "bpart")):
+                end = md.new_int_var(0, horizon, f"{name}{d}")
+                for r in range(v):
+                    md.add(end >= run[r * p + d] - p * sum(xs[q * p + d] for q in range(r)))
+                ends.append(end)
+            work = sum(f[k] + b[k] for k in range(d, k_chunks, p))
+            md.add(self.pipe >= m * work + ends[0] + ends[1])
 
     def _working(self, d: int, mine: range, figures: list) -> Expr:
         """Bytes the largest fully recomputed layer of device ``d`` needs while it runs."""
