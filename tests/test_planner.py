@@ -4,6 +4,7 @@ determinism and errors."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -499,3 +500,72 @@ def test_interleaved_paths_bound_the_simulated_step() -> None:
         tight += bound == step
         inflated_fails += bound * 1.3 > step
     assert tight > 0 and inflated_fails > 0
+
+
+def test_pp2_split_search_is_exact_and_its_bounds_never_exceed_any_split() -> None:
+    """``pp2.SplitSearch`` on two-device interleaved shapes of the small GPT: its best split
+    is the least ``estimate()`` over every contiguous split (no recomputation, where that
+    fits and exposes no sync); its value of a split never exceeds ``estimate()`` of that
+    split under uniform or random recomputation; every node bound on the way to a split
+    never exceeds the split's value (and the bound inflated by 1.3 would fail)."""
+    import random
+
+    from autopar.layer_profiles import layer_profiles
+    from autopar.solver import pp2
+    from autopar.solver.constraints import Constraints
+    from autopar.solver.space import Shape
+    from autopar.solver.tables import LayerClasses, ShapeTables
+
+    graph = small_gpt_graph()
+    n = len(graph.layers)
+    profiles = layer_profiles(graph)
+    classes = LayerClasses(graph, profiles)
+    rules = Constraints.of(None)
+    rng = random.Random(5)
+    checked, exact, closest = 0, 0, 0.0
+    for gib, tp, v, zero, mbs, rounds in itertools.product((3.0, 80.0), (1, 2), (2, 3),
+                                                          (1, 3), (1, 2), (1, 2, 4)):
+        if 2 * v > n:
+            continue
+        cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), gib)
+        costs: dict[tuple, object] = {}
+        dp = 8 // (tp * 2)
+        gbs = dp * mbs * 2 * rounds
+        shape = Shape(tp, 2, 1, dp, zero, tp > 1, "interleaved", v, mbs)
+        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
+                             rules.recompute, rules.memory_headroom, costs)
+        assert pp2.applies(tables)
+        search = pp2.SplitSearch(tables)
+        found = []
+        while True:
+            candidate, proven = search.solve(None, None)
+            if candidate is not None:
+                found.append(candidate)
+            if proven and candidate is None:
+                break
+        least, least_none = math.inf, math.inf
+        for cuts in itertools.combinations(range(1, n), 2 * v - 1):
+            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+            value = search._value(split)
+            least = min(least, value)
+            for along in search.bounds_along(split):
+                assert along <= value * (1 + 1e-12), (shape, split, along, value)
+                closest = max(closest, along / value)
+            patterns = [(m,) * n for m in ("none", "selective", "full")]
+            patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))]
+            for modes in patterns:
+                e = estimate(graph, cluster, shape.config(layers_per_stage=split,
+                                                          recompute=modes),
+                             global_batch_size=gbs)
+                assert value <= e.step_time * (1 + 1e-12), (shape, split, modes)
+                checked += 1
+                if modes[0] == "none" and len(set(modes)) == 1 and e.fits and \
+                        e.peak_memory <= e.capacity * (1 - rules.memory_headroom):
+                    least_none = min(least_none, e.step_time)
+        best = found[-1]
+        assert best.bound == pytest.approx(least, rel=1e-12)
+        assert search.last_bound <= least
+        if least_none == pytest.approx(least, rel=1e-12):
+            exact += 1  # the least value is attained without recomputation: the optimum
+    assert checked > 1000 and exact > 10
+    assert closest * 1.3 > 1

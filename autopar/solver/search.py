@@ -28,6 +28,7 @@ from autopar.cluster import Cluster, NodeGroup
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import Estimate, estimate, repeated_blocks
 from autopar.layer_profiles import layer_profiles
+from autopar.solver import pp2
 from autopar.solver.bubble import certificate
 from autopar.solver.constraints import Constraints
 from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
@@ -136,7 +137,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         progress(f"{stats.families} families of shapes bounded, {len(per_shape)} plain "
                  f"configurations fit" + (f"; best {best.estimate.step_time:.3f} s/step, "
                                           f"{_describe(best.config)}" if best else ""))
-    models: dict[Shape, StageModel] = {}
+    models: dict[Shape, StageModel | pp2.SplitSearch] = {}
     sharpened: set[Shape] = set()
     stopped_at: float | None = None
     while heap:
@@ -173,6 +174,11 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
             if item not in per_shape:  # else the first plans costed it already
                 _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
                              optimizer, stats, per_shape)
+            # Two devices, interleaved: the exact split search (pp2.py); the stage model
+            # where its best split needs recomputation or exposes sync.
+            models[item] = pp2.SplitSearch(t) if pp2.applies(t) else StageModel(t)
+        model = models[item]
+        if isinstance(model, pp2.SplitSearch) and model.inexact:
             models[item] = StageModel(t)
         resume = _solve_shape(models[item], t, item, graph, cluster, constraints,
                               global_batch_size, precision, optimizer, deadline, stats,
@@ -289,9 +295,10 @@ CANDIDATES_PER_VISIT = 4
 whose bound is loose starves the others."""
 
 
-def _solve_shape(model: StageModel, t: ShapeTables, shape: Shape, graph: ModelGraph,
-                 cluster: Cluster, constraints: Constraints, global_batch_size: int,
-                 precision: str, optimizer: str, deadline: float | None, stats: SearchStats,
+def _solve_shape(model: StageModel | pp2.SplitSearch, t: ShapeTables, shape: Shape,
+                 graph: ModelGraph, cluster: Cluster, constraints: Constraints,
+                 global_batch_size: int, precision: str, optimizer: str,
+                 deadline: float | None, stats: SearchStats,
                  per_shape: dict[Shape, Evaluated]) -> float | None:
     """Let the shape's stage model propose splits below the best time found so far, costing
     each with ``estimate``. Returns None once the shape is exhausted, or the bound of what it
@@ -308,6 +315,15 @@ def _solve_shape(model: StageModel, t: ShapeTables, shape: Shape, graph: ModelGr
         config = candidate.config(shape)
         est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
                        precision=precision, optimizer=optimizer)
+        exact = est.step_time <= candidate.bound * (1 + ROUNDING)
+        if isinstance(model, pp2.SplitSearch) and not (
+                exact and _fits(est, constraints.memory_headroom)):
+            # Its best split needs recomputation to fit, or exposes sync: the bound stands,
+            # the stage model takes over.
+            model.inexact = True
+            if _fits(est, constraints.memory_headroom):
+                _record(shape, Evaluated(config, est), per_shape)
+            return model.last_bound
         if not _fits(est, constraints.memory_headroom):
             continue
         _record(shape, Evaluated(config, est), per_shape)
