@@ -1,5 +1,5 @@
-"""Exact split of a two-device interleaved shape: Frank-Wolfe over paths, then branch and
-bound over chunk sizes.
+"""Exact split of a two-device interleaved shape: weighted paths (column generation), then
+branch and bound over chunk sizes.
 
 With ``pp = 2`` and interleaving, the CP-SAT stage model proves slowly: many splits differ
 only in which middle chunks get one layer more, their bounds are nearly equal, and the model
@@ -25,13 +25,14 @@ optimum. Otherwise the search falls back to the stage model, starting from this 
 Bounds. The graph does not depend on the costs (``paths.py``), so any convex combination of
 its paths, as counts ``alpha_k, beta_k, gamma_k`` of chunk k's forwards, backwards and sends,
 is at most the pipeline of every split; its least over all splits is a shortest path over
-(chunk, first layer) (a dynamic program, ``_table``), and with the optimizer's least share
-(half the parameters) a lower bound on every ``value``. The combination is improved by
-Frank-Wolfe: the split the program picks is costed exactly, its critical path
-(``critical_path``) is mixed in with weight ``2 / (t + 2)``. The program's table then bounds
-every completion of a partial split exactly (for that combination), and a depth-first branch
-and bound over chunk sizes, first chunk first, closes what is left: every leaf is costed
-exactly.
+(chunk, first layer) (a dynamic program, ``_table_of``), and with the optimizer's least share
+(half the parameters) a lower bound on every ``value``. The weights come from a small LP
+over the critical paths of the splits found so far (``_weights``): the split the program picks
+under them is costed exactly and its critical path (``critical_path``) joins, until the
+program picks a split already seen. The program's table then bounds every completion of a
+partial split exactly (for those weights); with the paths of ``_lines`` (whole layers), a
+depth-first branch and bound over chunk sizes, first chunk first, closes what is left: every
+leaf is costed exactly.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ SLACK = 1e-12
 """Relative margin of the pruning test: a bound sums the same figures as a value in another
 order."""
 
-FRANK_WOLFE_STEPS = 40
-"""Most Frank-Wolfe steps before the branch and bound."""
+COLUMN_STEPS = 40
+"""Most column-generation steps before the branch and bound."""
 
 SUBSET_SUMS = 1 << 14
 """Most distinct sums of unplaced layers kept per position."""
@@ -147,10 +148,15 @@ class SplitSearch:
             lo, hi = self.share[i + 1]
             self.share[i] = (min(lo, rho), max(hi, rho))
         self.last_work = work[n - 1]
+        self.unit = unit
+        self.class_prefix = {c: [0] * (n + 1) for c in unit}
+        for c, row in self.class_prefix.items():
+            for i in range(n):
+                row[i + 1] = row[i] + (classes[i] == c)
         self.least_layer = [min(work[i:n - 1], default=0.0) for i in range(n + 1)]
         self.best: tuple[float, tuple[int, ...]] | None = None
         self.lower = 0.0
-        """Largest Frank-Wolfe bound: no split's value is below it."""
+        """Largest weighted-paths bound: no split's value is below it."""
         self.last_bound = 0.0
         self.steps = 0
         self.nodes = 0
@@ -276,7 +282,7 @@ class SplitSearch:
         self._row_splits.append(split)
         self._rows.append([self._lengths(q, split) for q in self._paths])
 
-    def _frank_wolfe(self, limit: float, deadline: float | None) -> bool:
+    def _columns(self, limit: float, deadline: float | None) -> bool:
         """Improve the combination of paths (column generation: the LP over the paths and
         splits found so far picks weights, the dynamic program the split least under them,
         which is costed exactly and whose critical path joins); True once done (steps spent,
@@ -286,7 +292,7 @@ class SplitSearch:
                          for i in range(self.k))
             self._consider(even, limit)
             self._add(even)
-        while self.steps < FRANK_WOLFE_STEPS:
+        while self.steps < COLUMN_STEPS:
             if deadline is not None and time.perf_counter() >= deadline:
                 return False
             weights = self._weights()
@@ -343,6 +349,8 @@ class SplitSearch:
                           + 2 * (prefix_sends + (middle - 1) * least) + least, 0.0))
         if last_only:
             return max(c for c, _ in lines)
+        tail = self._last_chunk_term(pos, middle, rest, y0, y1, ef0 + eb0, prefix_sends,
+                                     sends, least)
         points = [0.0, rest]
         for ci, si in lines:
             for cj, sj in lines:
@@ -356,16 +364,64 @@ class SplitSearch:
                 best_x, best_g = x, g
         sums = self.sums[pos]
         if not sums:
-            return best_g
+            return max(best_g, tail)
         i = bisect.bisect_left(sums, best_x)
-        return min(max(c + s * w for c, s in lines) for w in sums[max(0, i - 1):i + 1])
+        return max(tail, min(max(c + s * w for c, s in lines)
+                             for w in sums[max(0, i - 1):i + 1]))
+
+    def _last_chunk_term(self, pos: int, middle: int, rest: float, y0: float, y1: float,
+                         e0: float, prefix_sends: float, sends: float, least: float) -> float:
+        """Least over the last chunk's size ``L`` of the larger of two bounds: some chunk k
+        among the ``middle`` unplaced ones before the last holds at least
+        ``ceil((layers - L) / middle)`` of the layers before the last chunk, and
+        ``(L(0, r+1, r+1) + L(1, r, r)) / 2 = (m W + Y_k) / 2 + 2 sum_{i<k} s_i + s_k`` (k = 2r+1,
+        and k = 2r alike, up to K-2); and device 0's path ``m Y_0 + FP(0, .) + BP(0, .)``
+        against ``L(1, v-1, v-1) = (m-1) Y_1 + Y_0 + Y_last + 2 sends``, whose least maximum
+        over device 0's share ``w`` of the unplaced work (real) is where they cross. The first
+        falls and the second rises with L: the least is where they meet."""
+        n, m = self.n, self.m
+        unplaced = n - pos
+        total = m * (y0 + y1 + rest)
+
+        def spread(size: int) -> float:
+            count = -(-(unplaced - size) // middle)
+            return (total + self._least_work(pos, n - size, count)) / 2 \
+                + 2 * prefix_sends + least
+
+        def crossing(size: int) -> float:
+            ylast = self.fp[n] - self.fp[n - size] + self.bp[n] - self.bp[n - size]
+            free = rest - ylast
+            c0, s0 = m * y0 + e0, float(m)
+            c1, s1 = (m - 1) * (y1 + rest) + y0 + ylast + 2 * sends, float(2 - m)
+            w = min(max((c1 - c0) / (s0 - s1), 0.0), max(free, 0.0))
+            return max(c0 + s0 * w, c1 + s1 * w)
+
+        lo, hi = 1, unplaced - middle
+        while lo < hi:  # the least size where the rising bound reaches the falling one
+            mid = (lo + hi) // 2
+            if crossing(mid) >= spread(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return min(max(spread(size), crossing(size)) for size in {lo, max(1, lo - 1)})
+
+    def _least_work(self, lo: int, hi: int, count: int) -> float:
+        """Least work of ``count`` of the layers ``lo .. hi-1``."""
+        total = 0.0
+        for unit, c in sorted((u, c) for c, u in self.unit.items()):
+            take = min(count, self.class_prefix[c][hi] - self.class_prefix[c][lo])
+            total += take * unit
+            count -= take
+            if count <= 0:
+                break
+        return total
 
     # -- branch and bound ------------------------------------------------------------------
 
     def _run(self, below: float | None, deadline: float | None) -> bool:
         """Advance the search; True once it is complete."""
         limit = math.inf if below is None else below
-        if not self._frank_wolfe(limit, deadline):
+        if not self._columns(limit, deadline):
             return False
         assert self._table is not None and self._best_flow is not None
         if self._stack is None:
