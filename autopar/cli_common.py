@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from autopar.cluster import Cluster
@@ -12,6 +15,19 @@ from autopar.errors import AutoparError
 from autopar.plan import Plan
 
 GiB = 2**30
+
+
+def progress(quiet: bool, *, clock: bool = False) -> Callable[[str], None]:
+    """The progress printer of a subcommand: ``autopar: [seconds since start] line`` on stderr,
+    nothing with ``-q``."""
+    started = time.perf_counter()
+
+    def say(line: str) -> None:
+        if quiet:
+            return
+        stamp = f"{time.perf_counter() - started:5.1f}s " if clock else ""
+        print(f"autopar: {stamp}{line}", file=sys.stderr, flush=True)
+    return say
 
 
 def positive_float(text: str) -> float:

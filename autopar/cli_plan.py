@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,12 +12,14 @@ from autopar.cli_common import (
     fraction,
     load_cluster,
     positive_float,
+    progress,
     recompute_modes,
 )
 from autopar.cli_show import summary
 from autopar.plan import Plan
 from autopar.planner import plan
 from autopar.solver.constraints import Constraints
+from autopar.spec import spec_source
 
 
 def add_parsers(commands: Any, model_args: Callable[[argparse.ArgumentParser], None],
@@ -83,10 +84,7 @@ def _plan(args: argparse.Namespace, load_and_trace: Callable[[argparse.Namespace
     cluster = load_cluster(args.cluster, args.nodes)  # cheap checks first, then the trace
     rules = constraints_from(args)
 
-    def say(line: str) -> None:
-        if not args.quiet:
-            print(f"autopar: {line}", file=sys.stderr, flush=True)
-
+    say = progress(args.quiet)
     say(f"tracing {args.model}")
     _, graph = load_and_trace(args)
     say(f"searching plans for {cluster.summary()}")
@@ -94,8 +92,7 @@ def _plan(args: argparse.Namespace, load_and_trace: Callable[[argparse.Namespace
                   precision=args.precision, optimizer=args.optimizer, constraints=rules,
                   time_limit_s=args.time_limit, progress=say)
     # How to load the model again (`autopar validate` needs it): the SPEC as given.
-    source = {k: v for k, v in (("spec", args.model), ("batch", args.batch),
-                                ("seq_len", args.seq_len)) if v is not None}
+    source = spec_source(args.model, batch_size=args.batch, seq_len=args.seq_len)
     result = result.model_copy(update={"model": {**result.model, "source": source}})
     if args.output:
         result.save(args.output)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from autopar.cli_common import positive_float
-from autopar.files import OutputError
+from autopar.cli_common import positive_float, progress
+from autopar.files import check_writable
 
 
 def add_parser(commands: Any, positive: Any) -> None:
@@ -41,29 +39,16 @@ def add_parser(commands: Any, positive: Any) -> None:
     p.set_defaults(run=_profile)
 
 
-def check_output_dir(path: str) -> None:
-    """Refuse an output whose directory is missing before measuring, not after minutes of it
-    (``write_atomically`` would refuse it only then)."""
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: directory {parent} does not exist; create it "
-                          "or name another path")
-
-
 def _profile(args: argparse.Namespace) -> int:
     import torch
 
     from autopar.profiling import profile_device, write_profile
 
-    check_output_dir(args.output)
+    check_writable(args.output)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-
-    def say(line: str) -> None:
-        if not args.quiet:
-            print(f"autopar: {time.perf_counter() - started:5.1f}s {line}", file=sys.stderr,
-                  flush=True)
+    say = progress(args.quiet, clock=True)
 
     measured = profile_device(args.device, processes=args.processes, budget_s=args.budget,
                               base=args.base, name=args.name, progress=say)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from autopar.cli_common import read_plan
-from autopar.cli_profile import check_output_dir
+from autopar.cli_common import progress, read_plan
 from autopar.errors import AutoparError
+from autopar.files import check_writable
 from autopar.plan import Plan
 
 
@@ -74,11 +73,9 @@ def _validate(args: argparse.Namespace) -> int:
     plan = read_plan(args.plan)
     source = model_source(plan, args.model)
     if args.update_profile:
-        check_output_dir(args.update_profile)
+        check_writable(args.update_profile)
 
-    def say(line: str) -> None:
-        if not args.quiet:
-            print(f"autopar: {line}", file=sys.stderr, flush=True)
+    say = progress(args.quiet)
 
     if args.run_plan:
         from autopar.validation.distributed import launch
@@ -89,13 +86,12 @@ def _validate(args: argparse.Namespace) -> int:
     from autopar.cluster import DeviceProfile
     from autopar.files import write_atomically
     from autopar.profiling.toml_text import to_toml
-    from autopar.spec import load_spec
+    from autopar.spec import load_source
     from autopar.validation import Validation, updated_profile
 
     profile = DeviceProfile.from_profile(args.profile) if args.profile else None
     say(f"loading {source['spec']}")
-    loaded = load_spec(source["spec"], batch_size=source.get("batch"),
-                       seq_len=source.get("seq_len"))
+    loaded = load_source(source)
     validation = Validation(loaded.model, plan, device=args.device, inputs=loaded.example_inputs,
                             kwargs=loaded.example_kwargs, repeats=args.repeats,
                             stages=not args.no_stages, kernels=args.kernels, progress=say)

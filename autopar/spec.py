@@ -46,6 +46,20 @@ class LoadedModel:
     name: str = ""
 
 
+def spec_source(spec: str, *, batch_size: int | None = None, seq_len: int | None = None
+                ) -> dict[str, Any]:
+    """How to load a model again, as a plan records it: the SPEC and the batch and sequence
+    it was given (those left to their defaults are left out)."""
+    given = (("spec", spec), ("batch", batch_size), ("seq_len", seq_len))
+    return {key: value for key, value in given if value is not None}
+
+
+def load_source(source: Mapping[str, Any]) -> LoadedModel:
+    """Load the model a ``spec_source`` record names."""
+    return load_spec(source["spec"], batch_size=source.get("batch"),
+                     seq_len=source.get("seq_len"))
+
+
 def _first_line(exc: BaseException) -> str:
     """``Type: first line`` of an exception: enough to act on, short enough for one line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

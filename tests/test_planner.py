@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,48 @@ def tight(cluster: Cluster, gib: float) -> Cluster:
     groups = [g.model_copy(update={"device": g.device.model_copy(
         update={"memory_bytes": int(gib * 2**30)})}) for g in cluster.groups]
     return cluster.model_copy(update={"groups": groups})
+
+
+class SmallGPT:
+    """The small GPT's layer profiles and classes, to build ``ShapeTables`` of many shapes
+    (sharing one cost cache unless given another) and cost their every split."""
+
+    def __init__(self) -> None:
+        from autopar.layer_profiles import layer_profiles
+        from autopar.solver.constraints import Constraints
+        from autopar.solver.tables import LayerClasses
+
+        self.graph = small_gpt_graph()
+        self.n = len(self.graph.layers)
+        self.profiles = layer_profiles(self.graph)
+        self.classes = LayerClasses(self.graph, self.profiles)
+        self.rules = Constraints.of(None)
+        self.costs: dict[tuple, object] = {}
+
+    def tables(self, shape: Any, cluster: Cluster, gbs: int,
+               costs: dict[tuple, object] | None = None) -> Any:
+        from autopar.solver.tables import ShapeTables
+
+        return ShapeTables(self.graph, self.profiles, self.classes, cluster, shape, gbs, "bf16",
+                           "adamw", self.rules.recompute, self.rules.memory_headroom,
+                           self.costs if costs is None else costs)
+
+    def fitting_estimates(self, shape: Any, cluster: Cluster, gbs: int,
+                          patterns: list[tuple[str, ...]]
+                          ) -> Iterator[tuple[tuple[int, ...], tuple[str, ...], Any]]:
+        """``estimate()`` of every contiguous split of ``shape`` under each recomputation
+        pattern, where it is a valid config that fits."""
+        for cuts in itertools.combinations(range(1, self.n), shape.pp * shape.virtual_stages - 1):
+            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, self.n)))
+            for modes in patterns:
+                try:
+                    e = estimate(self.graph, cluster, shape.config(layers_per_stage=split,
+                                                                   recompute=modes),
+                                 global_batch_size=gbs)
+                except ConfigError:
+                    continue
+                if e.fits and e.peak_memory <= e.capacity * (1 - self.rules.memory_headroom):
+                    yield split, modes, e
 
 
 def _fits(e: autopar.Estimate) -> bool:
@@ -242,20 +286,13 @@ def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
     per-layer recomputation, for sampled shapes of a small GPT on a tight node."""
     import random
 
-    from autopar.layer_profiles import layer_profiles
-    from autopar.solver.constraints import Constraints
     from autopar.solver.search import _shape_bound
     from autopar.solver.space import Shape
-    from autopar.solver.tables import LayerClasses, ShapeTables
 
-    graph = small_gpt_graph()
+    gpt = SmallGPT()
+    n = gpt.n
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
     gbs = 16
-    n = len(graph.layers)
-    profiles = layer_profiles(graph)
-    classes = LayerClasses(graph, profiles)
-    rules = Constraints.of(None)
-    costs: dict[tuple, object] = {}
     rng = random.Random(7)
     checked = 0
     for tp, pp, zero, schedule, v, mbs in itertools.product(
@@ -265,24 +302,13 @@ def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
             continue
         dp = 8 // (tp * pp)
         shape = Shape(tp, pp, 1, dp, zero, tp > 1, schedule, v, mbs)
-        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
-                             rules.recompute, rules.memory_headroom, costs)
-        bound, _ = _shape_bound(tables)
+        bound, _ = _shape_bound(gpt.tables(shape, cluster, gbs))
         patterns = [(m,) * n for m in ("none", "selective", "full")]
         patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
                      for _ in range(4)]
-        for cuts in itertools.combinations(range(1, n), pp * v - 1):
-            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
-            for modes in patterns:
-                try:
-                    e = estimate(graph, cluster, shape.config(layers_per_stage=split,
-                                                              recompute=modes),
-                                 global_batch_size=gbs)
-                except ConfigError:
-                    continue
-                if e.fits and e.peak_memory <= e.capacity * (1 - rules.memory_headroom):
-                    assert bound <= e.step_time, (shape, split, modes, bound, e.step_time)
-                    checked += 1
+        for split, modes, e in gpt.fitting_estimates(shape, cluster, gbs, patterns):
+            assert bound <= e.step_time, (shape, split, modes, bound, e.step_time)
+            checked += 1
     assert checked > 1000
 
 
@@ -328,26 +354,18 @@ def test_dp_exposure_bound_holds_on_a_heterogeneous_cluster(order: str) -> None:
     ZeRO stage, several dp degrees) on a cluster of two node groups. Taking the first stage's
     group for every device failed this (A100 group first: its slower network exposes more
     than the H100 stages do)."""
-    from autopar.layer_profiles import layer_profiles
-    from autopar.solver.constraints import Constraints
     from autopar.solver.search import _least_dp_exposed, _shape_bound, _work
     from autopar.solver.space import Shape
-    from autopar.solver.tables import LayerClasses, ShapeTables
 
-    graph = small_gpt_graph()
+    gpt = SmallGPT()
+    graph, n = gpt.graph, gpt.n
     cluster = _mixed(order)
-    n = len(graph.layers)
-    profiles = layer_profiles(graph)
-    classes = LayerClasses(graph, profiles)
-    rules = Constraints.of(None)
-    costs: dict[tuple, object] = {}
     checked = exposed = 0
     for tp, pp, zero, mbs, gbs in itertools.product((1, 2), (2, 4), range(4), (1, 2),
                                                     (32, 128)):
         dp = 32 // (tp * pp)
         shape = Shape(tp, pp, 1, dp, zero, False, "1f1b", 1, mbs)
-        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
-                             rules.recompute, rules.memory_headroom, costs)
+        tables = gpt.tables(shape, cluster, gbs)
         dp_bound = _least_dp_exposed(tables, _work(tables)[0])
         bound, _ = _shape_bound(tables)
         for cuts in itertools.combinations(range(1, n), pp - 1):
@@ -402,19 +420,12 @@ def test_interleaved_bubble_bound_never_exceeds_any_split() -> None:
     bound inflated by 1.3 would fail."""
     import random
 
-    from autopar.layer_profiles import layer_profiles
-    from autopar.solver.constraints import Constraints
     from autopar.solver.search import _shape_bound
     from autopar.solver.space import Shape
-    from autopar.solver.tables import LayerClasses, ShapeTables
 
-    graph = small_gpt_graph()
+    gpt = SmallGPT()
+    n = gpt.n
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
-    n = len(graph.layers)
-    profiles = layer_profiles(graph)
-    classes = LayerClasses(graph, profiles)
-    rules = Constraints.of(None)
-    costs: dict[tuple, object] = {}
     rng = random.Random(11)
     checked, closest, raised = 0, 0.0, 0
     for tp, pp, v, zero, mbs, rounds in itertools.product((1, 2), (2, 4), (2, 3, 4), (1, 3),
@@ -424,23 +435,16 @@ def test_interleaved_bubble_bound_never_exceeds_any_split() -> None:
         dp = 8 // (tp * pp)
         gbs = dp * mbs * pp * rounds
         shape = Shape(tp, pp, 1, dp, zero, tp > 1, "interleaved", v, mbs)
-        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
-                             rules.recompute, rules.memory_headroom, costs)
+        tables = gpt.tables(shape, cluster, gbs)
         bound, _ = _shape_bound(tables, bubble=True)
         raised += bound > _shape_bound(tables)[0]
         patterns = [(m,) * n for m in ("none", "selective", "full")]
         patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
                      for _ in range(2)]
-        for cuts in itertools.combinations(range(1, n), pp * v - 1):
-            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
-            for modes in patterns:
-                e = estimate(graph, cluster, shape.config(layers_per_stage=split,
-                                                          recompute=modes),
-                             global_batch_size=gbs)
-                if e.fits and e.peak_memory <= e.capacity * (1 - rules.memory_headroom):
-                    assert bound <= e.step_time, (shape, split, modes, bound, e.step_time)
-                    closest = max(closest, bound / e.step_time)
-                    checked += 1
+        for split, modes, e in gpt.fitting_estimates(shape, cluster, gbs, patterns):
+            assert bound <= e.step_time, (shape, split, modes, bound, e.step_time)
+            closest = max(closest, bound / e.step_time)
+            checked += 1
     assert checked > 1000 and raised > 10
     assert closest * 1.3 > 1
 
@@ -510,17 +514,11 @@ def test_pp2_split_search_is_exact_and_its_bounds_never_exceed_any_split() -> No
     never exceeds the split's value (and the bound inflated by 1.3 would fail)."""
     import random
 
-    from autopar.layer_profiles import layer_profiles
     from autopar.solver import pp2
-    from autopar.solver.constraints import Constraints
     from autopar.solver.space import Shape
-    from autopar.solver.tables import LayerClasses, ShapeTables
 
-    graph = small_gpt_graph()
-    n = len(graph.layers)
-    profiles = layer_profiles(graph)
-    classes = LayerClasses(graph, profiles)
-    rules = Constraints.of(None)
+    gpt = SmallGPT()
+    graph, n, rules = gpt.graph, gpt.n, gpt.rules
     rng = random.Random(5)
     checked, exact, closest = 0, 0, 0.0
     for gib, tp, v, zero, mbs, rounds in itertools.product((3.0, 80.0), (1, 2), (2, 3),
@@ -528,12 +526,10 @@ def test_pp2_split_search_is_exact_and_its_bounds_never_exceed_any_split() -> No
         if 2 * v > n:
             continue
         cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), gib)
-        costs: dict[tuple, object] = {}
         dp = 8 // (tp * 2)
         gbs = dp * mbs * 2 * rounds
         shape = Shape(tp, 2, 1, dp, zero, tp > 1, "interleaved", v, mbs)
-        tables = ShapeTables(graph, profiles, classes, cluster, shape, gbs, "bf16", "adamw",
-                             rules.recompute, rules.memory_headroom, costs)
+        tables = gpt.tables(shape, cluster, gbs, costs={})  # a cache per device size
         assert pp2.applies(tables)
         search = pp2.SplitSearch(tables)
         found = []

@@ -237,3 +237,19 @@ def test_update_profile_into_a_missing_directory_is_refused_first(
     assert main(["validate", str(plan_file), "-q", "--update-profile", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_gpt2_blocks_run_at_their_tensor_parallel_shard() -> None:
+    """GPT-2's fused QKV ``Conv1D`` reshapes by ``nf`` and splits by ``split_size``: both must
+    follow the local shard, or a tp plan's blocks cannot run on their own."""
+    from tests.models import hf_model
+
+    model = hf_model("gpt2", layers=2, hidden=64)
+    ids = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    plan = autopar.plan(model, autopar.Cluster.from_profile("cpu", devices_per_node=2),
+                        example_inputs=(ids,), global_batch_size=2, precision="fp32",
+                        constraints={"cp": 1, "tp": 2})
+    report = validate(model, plan, repeats=1, stages=False)
+    blocks = [r for r in report.layers if ".h." in r.layer]
+    assert {r.layer for r in blocks} == {"transformer.h.0", "transformer.h.1"}
+    assert all(r.measured_forward_s > 0 for r in blocks)

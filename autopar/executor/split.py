@@ -86,7 +86,7 @@ def _ancestor_or_self(a: str, b: str) -> bool:
     return a == "" or a == b or b.startswith(a + ".")
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, leaf = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
@@ -127,7 +127,7 @@ class Chunk(nn.Module):
                 if (not _owns_params(module) or any(_ancestor_or_self(name, m) for m in live)
                         or any(_ancestor_or_self(s, name) for s in stubbed)):
                     continue
-                _set_submodule(model, name, _Stub(meta.get_submodule(name), name,
+                set_submodule(model, name, _Stub(meta.get_submodule(name), name,
                                                   after=i >= keep.stop, device=device))
                 stubbed.append(name)
         self.entry = None if self.first else layers[keep.start].name

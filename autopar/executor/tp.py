@@ -40,7 +40,7 @@ from autopar.executor.errors import ExecutorError
 from autopar.executor.sp import sp_plan, warn_no_sp
 from autopar.tracing import Layer, TPPattern
 
-_HEAD_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_head")
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_head")
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -193,7 +193,7 @@ def _column_row(root: nn.Module, pattern: TPPattern, attn: list[TPPattern], tp: 
     if owner is None:  # eager attention is not recognised by the trace: look for heads
         parent = columns[0].rpartition(".")[0]
         found = _module(root, parent)
-        if found is not None and any(hasattr(found, a) for a in ("head_dim", *_HEAD_ATTRS)):
+        if found is not None and any(hasattr(found, a) for a in ("head_dim", *HEAD_ATTRS)):
             owner = parent
     fused = 0
     modules = [_module(root, name) for name in pattern.modules]
@@ -271,7 +271,13 @@ def apply_tp(root: nn.Module, layers: list[Layer], mesh: DeviceMesh, tied: set[s
     if plan:
         parallelize_module(root, mesh, plan)
     for module, degree in attention:
-        for attr in (*_HEAD_ATTRS, "split_size"):
-            value = getattr(module, attr, None)
-            if isinstance(value, int) and value % degree == 0:
-                setattr(module, attr, value // degree)
+        localise_heads(module, degree)
+
+
+def localise_heads(module: nn.Module, degree: int) -> None:
+    """Make an attention module's head counts (and GPT-2's fused ``split_size``) those of one
+    of ``degree`` tensor-parallel ranks, so its forward reshapes its local shards right."""
+    for attr in (*HEAD_ATTRS, "split_size"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and value % degree == 0:
+            setattr(module, attr, value // degree)

@@ -37,6 +37,7 @@ from autopar.validation.local_layers import (
     layer_module_name,
     local_layer,
     materialise,
+    with_rows,
 )
 from autopar.validation.predict import Predicted, predict
 from autopar.validation.report import LayerRow, StageRow, ValidationReport, updated_profile
@@ -211,7 +212,7 @@ def _micro_batch(t: torch.Tensor, rows: int, size: int) -> torch.Tensor:
     """An input of ``size`` rows from one of ``rows`` (the batch dimension is dim 0)."""
     if t.dim() == 0 or t.shape[0] != rows or rows == size:
         return t
-    return t[:1].expand(size, *t.shape[1:]).contiguous()
+    return with_rows(t, size)
 
 
 def _group(plan: Plan, name: str, profile: DeviceProfile | None) -> NodeGroup:

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from autopar.plan import Plan
 from autopar.profiling.measure import resolve_device
 from autopar.table import render
-from autopar.validation.local_layers import ValidationError
-from autopar.validation.report import Compared
+from autopar.validation.local_layers import ValidationError, with_rows
+from autopar.validation.report import Compared, percent
 
 
 class RankRow(Compared):
@@ -59,18 +59,14 @@ class RunReport(BaseModel):
 
     def table(self) -> str:
         rows = [[str(r.rank), str(r.stage), f"{r.predicted_step_s * 1e3:.1f}",
-                 f"{r.measured_step_s * 1e3:.1f}", _pct(r.time_error),
+                 f"{r.measured_step_s * 1e3:.1f}", percent(r.time_error),
                  f"{r.predicted_peak_bytes / 1e6:.1f}", f"{r.measured_peak_bytes / 1e6:.1f}",
-                 _pct(r.peak_error)] for r in self.ranks]
+                 percent(r.peak_error)] for r in self.ranks]
         table = render(["rank", "stage", "step ms pred", "step ms meas", "time err",
                         "peak MB pred", "peak MB meas", "peak err"], rows, align="rrrrrrrr")
         return (f"ran the plan on {len(self.ranks)} processes ({self.device}), median of "
                 f"{self.steps} steps after one warm-up; peak memory is allocated bytes (the "
                 f"plan's framework overhead excluded)\n\n{table}")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.1f}%"
 
 
 def launch(plan_path: str, plan: Plan, source: dict[str, Any], *, steps: int,
@@ -124,11 +120,10 @@ def _worker(plan_path: str, source: dict[str, Any], steps: int, device: str, out
 
     import autopar
     from autopar.profiling.measure import peak_memory
-    from autopar.spec import load_spec
+    from autopar.spec import load_source
 
     plan = Plan.load(plan_path)
-    loaded = load_spec(source["spec"], batch_size=source.get("batch"),
-                       seq_len=source.get("seq_len"))
+    loaded = load_source(source)
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     job = autopar.parallelize(loaded.model, plan, init_weights=_random_weights)
@@ -186,7 +181,7 @@ def _global_batch(inputs: tuple[Any, ...], rows: int) -> Any:
 
     first = inputs[0]
     assert isinstance(first, torch.Tensor)
-    grown = first[:1].expand(rows, *first.shape[1:]).contiguous()
+    grown = with_rows(first, rows)
     if grown.device.type == "meta":
         grown = torch.zeros(grown.shape, dtype=grown.dtype)
     return grown

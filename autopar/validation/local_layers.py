@@ -20,9 +20,7 @@ Communication is not run: tensor-parallel all-reduces are costed by the link mod
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +30,10 @@ from torch.utils._pytree import tree_map_only
 
 from autopar.errors import AutoparError
 from autopar.executor.layout import meta_copy
-from autopar.executor.split import first_tensor
+from autopar.executor.split import first_tensor, set_submodule
+from autopar.executor.tp import localise_heads
 from autopar.plan import Plan
 from autopar.tracing import Layer
-
-HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "n_head")
-"""Attributes an attention module may read its head counts from (as the executor's TP does)."""
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """The plan precisions (those the cost models know) and the dtype their layers compute in."""
@@ -133,7 +129,8 @@ def capture_calls(model: nn.Module, layers: list[Layer], inputs: tuple[Any, ...]
     for layer in layers:
         name = layer_module_name(layer, shell)
         if name:
-            _replace(shell, name, _Recorder(meta.get_submodule(name), device, dtype, calls, name))
+            recorder = _Recorder(meta.get_submodule(name), device, dtype, calls, name)
+            set_submodule(shell, name, recorder)
     shell.to_empty(device=device)
     with torch.no_grad():
         for tensor in shell.parameters():
@@ -174,11 +171,6 @@ def _real_input(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.zeros(t.shape, dtype=t.dtype, device=device)
 
 
-def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 _SHARD = re.compile(r"Shard\((\d+)\)")
 
 
@@ -203,11 +195,9 @@ def local_layer(model: nn.Module, name: str, plan: Plan, device: torch.device,
             shape[dim] //= tp
             setattr(owner, local, nn.Parameter(torch.empty(shape, dtype=old.dtype,
                                                            device="meta"), old.requires_grad))
+        _match_sizes(owner)
         if entry.style == "attention" and tp > 1:
-            for attr in HEAD_COUNT_ATTRS:
-                value = getattr(owner, attr, None)
-                if isinstance(value, int) and value % tp == 0:
-                    setattr(owner, attr, value // tp)
+            localise_heads(owner, tp)
     module.to_empty(device=device)
     fill_buffers(module, model.get_submodule(name))
     module.to(dtype)
@@ -215,6 +205,18 @@ def local_layer(model: nn.Module, name: str, plan: Plan, device: torch.device,
         for p in module.parameters():
             p.normal_(0.0, 0.02)
     return module
+
+
+def _match_sizes(module: nn.Module) -> None:
+    """Make a module's size attributes those of its (now local) weight: GPT-2's ``Conv1D``
+    reshapes its output by ``nf``; ``nn.Linear``'s are only read, but should not lie."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return
+    if isinstance(getattr(module, "nf", None), int):
+        setattr(module, "nf", weight.shape[1])  # noqa: B010 - mypy takes nf for a submodule
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
 
 
 def materialise(call: Call, dtype: torch.dtype) -> Call:
@@ -231,6 +233,12 @@ def materialise(call: Call, dtype: torch.dtype) -> Call:
     return fresh
 
 
+def with_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t``'s first sample repeated ``rows`` times along dim 0: an input batch of another size
+    (values do not change what a step costs)."""
+    return t[:1].expand(rows, *t.shape[1:]).contiguous()
+
+
 def output_tensor(out: Any) -> torch.Tensor:
     """The tensor a layer hands on: itself, ``logits``/``last_hidden_state``, or the first."""
     if isinstance(out, torch.Tensor):
@@ -241,10 +249,3 @@ def output_tensor(out: Any) -> torch.Tensor:
             return value
     _, tensor = first_tensor(tuple(out) if isinstance(out, (tuple, list)) else (out,), {})
     return tensor
-
-
-def copies(module: nn.Module, count: int) -> Iterator[nn.Module]:
-    """``count`` independent copies (a stage of repeated blocks holds distinct weights)."""
-    yield module
-    for _ in range(count - 1):
-        yield copy.deepcopy(module)

@@ -124,18 +124,18 @@ class ValidationReport(BaseModel):
                        r.mode + ("*" if r.planned else ""),
                        _ms(r.predicted_forward_s), _ms(r.measured_forward_s),
                        _ms(r.predicted_backward_s), _ms(r.measured_backward_s),
-                       _pct(r.time_error), _mb(r.predicted_saved_bytes),
+                       percent(r.time_error), _mb(r.predicted_saved_bytes),
                        _mb(r.measured_saved_bytes), _mb(r.predicted_peak_bytes),
-                       _mb(r.measured_peak_bytes), _pct(r.peak_error)]
+                       _mb(r.measured_peak_bytes), percent(r.peak_error)]
                       for r in self.layers]
         layers = render(["stage", "layer", "recompute", "fwd ms pred", "fwd ms meas",
                          "bwd ms pred", "bwd ms meas", "time err", "saved MB pred",
                          "saved MB meas", "peak MB pred", "peak MB meas", "peak err"],
                         layer_rows, align="rllrrrrrrrrrr")
         stage_rows = [[str(s.stage), str(s.layers), str(s.micro_batches_held),
-                       _ms(s.predicted_time_s), _ms(s.measured_time_s), _pct(s.time_error),
+                       _ms(s.predicted_time_s), _ms(s.measured_time_s), percent(s.time_error),
                        _mb(s.predicted_peak_bytes), _mb(s.measured_peak_bytes),
-                       _pct(s.peak_error)] for s in self.stages]
+                       percent(s.peak_error)] for s in self.stages]
         stages = render(["stage", "layers", "held", "ms pred", "ms meas", "time err",
                          "peak MB pred", "peak MB meas", "peak err"], stage_rows,
                         align="rrrrrrrrr")
@@ -143,10 +143,10 @@ class ValidationReport(BaseModel):
         lines = [f"validated on {self.device} against profile {self.profile} ({self.precision});"
                  f" per micro-batch, one rank; * = the plan's recomputation mode", "",
                  layers, "", "stages (planned modes, layers chained):", stages, "",
-                 f"planned rows: time error mean {_pct(s['time_error_mean_abs'], sign=False)}, "
-                 f"worst {_pct(s['time_error_worst'])}; peak memory error mean "
-                 f"{_pct(s['peak_error_mean_abs'], sign=False)}, worst "
-                 f"{_pct(s['peak_error_worst'])}"]
+                 f"planned rows: time error mean {percent(s['time_error_mean_abs'], sign=False)}, "
+                 f"worst {percent(s['time_error_worst'])}; peak memory error mean "
+                 f"{percent(s['peak_error_mean_abs'], sign=False)}, worst "
+                 f"{percent(s['peak_error_worst'])}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -159,7 +159,7 @@ def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:.2f}"
 
 
-def _pct(value: float | None, sign: bool = True) -> str:
+def percent(value: float | None, sign: bool = True) -> str:
     if value is None:
         return "-"
     return f"{value * 100:+.1f}%" if sign else f"{value * 100:.1f}%"

@@ -59,6 +59,23 @@ def _attach(root: nn.Module, path: str, module: nn.Module) -> None:
     node.add_module(leaf, module)
 
 
+def run_chain(modules: list[nn.Module], calls: list[Call], fresh_input: bool = False
+              ) -> torch.Tensor:
+    """Forward ``modules`` as a chain, each one's output the next one's activation; returns
+    the last output. ``fresh_input`` copies the incoming activation first, so that whether the
+    first layer keeps it shows in what the forward leaves allocated."""
+    value: torch.Tensor | None = None
+    for module, call in zip(modules, calls, strict=True):
+        incoming = call.activation_value()
+        if value is None and fresh_input and incoming is not None:
+            value = incoming.clone()
+        args, kwargs = call.with_activation(value) if value is not None else (
+            call.args, call.kwargs)
+        value = output_tensor(module(*args, **kwargs))
+    assert value is not None
+    return value
+
+
 def measure(modules: list[nn.Module], calls: list[Call], device: torch.device,
             repeats: int) -> Measured:
     """Run ``modules`` as a chain (each one's output is the next one's activation) forward and
@@ -66,19 +83,7 @@ def measure(modules: list[nn.Module], calls: list[Call], device: torch.device,
     params = [p for m in modules for p in m.parameters()]
 
     def forward(fresh_input: bool = False) -> torch.Tensor:
-        """The chain's output; ``fresh_input`` copies the incoming activation first, so that
-        whether the layer keeps it shows in what the forward leaves allocated."""
-        value: torch.Tensor | None = None
-        for module, call in zip(modules, calls, strict=True):
-            if value is None and fresh_input and call.activation_value() is not None:
-                incoming = call.activation_value()
-                assert incoming is not None
-                value = incoming.clone()
-            args, kwargs = call.with_activation(value) if value is not None else (
-                call.args, call.kwargs)
-            value = output_tensor(module(*args, **kwargs))
-        assert value is not None
-        return value
+        return run_chain(modules, calls, fresh_input)
 
     grad: list[torch.Tensor] = []
 
@@ -121,15 +126,7 @@ def in_flight_peak(modules: list[nn.Module], calls: list[Call], device: torch.de
     params = [p for m in modules for p in m.parameters()]
 
     def run() -> None:
-        outs = []
-        for _ in range(micro_batches):
-            value: torch.Tensor | None = None
-            for module, call in zip(modules, calls, strict=True):
-                args, kwargs = call.with_activation(value) if value is not None else (
-                    call.args, call.kwargs)
-                value = output_tensor(module(*args, **kwargs))
-            assert value is not None
-            outs.append(value)
+        outs = [run_chain(modules, calls) for _ in range(micro_batches)]
         for out in outs:
             out.backward(torch.randn_like(out))
         for p in params:
