@@ -565,3 +565,40 @@ def test_pp2_split_search_is_exact_and_its_bounds_never_exceed_any_split() -> No
             exact += 1  # the least value is attained without recomputation: the optimum
     assert checked > 1000 and exact > 10
     assert closest * 1.3 > 1
+
+
+def test_twin_shapes_share_one_model_and_lose_no_split() -> None:
+    """Shapes that trade context parallelism for micro-batch size keep every per-device
+    figure, so they share one model (``twins.py``); the plan is still the least, over every
+    such shape and every split, of what ``estimate`` gives (costed here one by one)."""
+    from autopar.solver.constraints import Constraints
+    from autopar.solver.search import search
+
+    graph = small_gpt_graph()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
+    gbs = 16
+    pins = Constraints(tp=1, pp=2, zero_stage=1, schedule="1f1b", recompute=("none",))
+    result = search(graph, cluster, global_batch_size=gbs, precision="bf16", optimizer="adamw",
+                    constraints=pins, time_limit_s=None)
+    assert result.best is not None and result.stats.optimal
+    assert result.stats.models < result.stats.solved  # twins met and shared a model
+    n = len(graph.layers)
+    best: tuple | None = None  # the search's order: time, then memory, then the config
+    for cp, mbs in itertools.product((1, 2, 4), (1, 2, 4, 8)):
+        for cut in range(1, n):
+            try:
+                config = ParallelConfig(dp=4 // cp, pp=2, cp=cp, zero_stage=1,
+                                        micro_batch_size=mbs, schedule="1f1b",
+                                        layers_per_stage=(cut, n - cut), recompute="none")
+                e = estimate(graph, cluster, config, global_batch_size=gbs)
+            except ConfigError:
+                continue
+            key = (e.step_time, e.peak_memory, config.model_dump_json())
+            if e.fits and (best is None or key < best):
+                best = key
+    assert best is not None
+    found = result.best
+    assert (found.estimate.step_time, found.estimate.peak_memory) == best[:2]
+    # Twins tie; the one the search returns must still be the first in its order, so every
+    # twin, also one that joined the model late, must have had the split costed.
+    assert found.config.model_dump_json() == best[2]

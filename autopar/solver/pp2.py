@@ -421,8 +421,11 @@ class SplitSearch:
     def _run(self, below: float | None, deadline: float | None) -> bool:
         """Advance the search; True once it is complete."""
         limit = math.inf if below is None else below
+        found = self.best
         if not self._columns(limit, deadline):
             return False
+        if self.best is not found:
+            return False  # hand the better split back first: it tightens every other shape
         assert self._table is not None and self._best_flow is not None
         if self._stack is None:
             self._stack = [(self.lower, 0, 0, 0.0, (), (0.0,) * 11)]
@@ -441,6 +444,8 @@ class SplitSearch:
                 continue
             if k == k_chunks:
                 self._consider(split, best)
+                if self.best is not found:
+                    return False  # hand it back at once (the search goes on from here)
                 continue
             children = []
             last = k == k_chunks - 1

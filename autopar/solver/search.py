@@ -32,8 +32,9 @@ from autopar.solver import pp2
 from autopar.solver.bubble import certificate
 from autopar.solver.constraints import Constraints
 from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
-from autopar.solver.stage_model import StageModel
+from autopar.solver.stage_model import Candidate, StageModel
 from autopar.solver.tables import LayerClasses, ShapeTables
+from autopar.solver.twins import Twins
 from autopar.tracing import ModelGraph
 
 Progress = Callable[[str], None]
@@ -68,6 +69,8 @@ class SearchStats:
     """Shapes whose stage model was solved."""
     candidates: int = 0
     """Splits the stage models proposed and ``estimate`` costed."""
+    models: int = 0
+    """Models built for the solved shapes: fewer where shapes share one (``twins.py``)."""
     solve_time_s: float = 0.0
     lower_bound: float = 0.0
     """No configuration's step time is below this (seconds)."""
@@ -91,12 +94,15 @@ class SearchResult:
 
 def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, precision: str,
            optimizer: str, constraints: Constraints, time_limit_s: float | None,
-           runners_up: int = 3, progress: Progress | None = None) -> SearchResult:
+           runners_up: int = 3, progress: Progress | None = None,
+           incumbent: float | None = None) -> SearchResult:
     """The fastest configuration of ``graph`` on ``cluster`` that fits, under the cost model.
 
     Best-first: a heap holds families of shapes (their degrees) and single shapes, each with a
     lower bound; the smallest is expanded (a family into its shapes) or solved (a shape) until
-    the smallest bound left is no better than the best step time found.
+    the smallest bound left is no better than the best step time found. ``incumbent``, a step
+    time found elsewhere (a plan on other nodes of the cluster), prunes like one found here:
+    ``best`` is then None if nothing beats it, and ``stats.lower_bound`` is at most it.
     """
     start = time.perf_counter()
     deadline = None if time_limit_s is None else start + time_limit_s
@@ -137,12 +143,13 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         progress(f"{stats.families} families of shapes bounded, {len(per_shape)} plain "
                  f"configurations fit" + (f"; best {best.estimate.step_time:.3f} s/step, "
                                           f"{_describe(best.config)}" if best else ""))
-    models: dict[Shape, StageModel | pp2.SplitSearch] = {}
+    twins: dict[tuple, Twins] = {}
+    twin_of: dict[Shape, Twins] = {}
     sharpened: set[Shape] = set()
     stopped_at: float | None = None
     while heap:
         bound, _, item, t = heapq.heappop(heap)
-        if best is not None and bound >= best.estimate.step_time:
+        if bound >= _limit(best, incumbent):
             heapq.heappush(heap, (bound, _order(item), item, t))
             break
         if deadline is not None and time.perf_counter() >= deadline:
@@ -161,7 +168,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
                     stats.pruned_by_memory += 1
             continue
         assert t is not None and isinstance(item, Shape)
-        if item not in models and item not in sharpened and _has_bubble_bound(t):
+        if item not in twin_of and item not in sharpened and _has_bubble_bound(t):
             # About to be solved: first the interleaved bubble bound (an LP per (p, v, m),
             # too slow to compute for every shape), which may put it back higher.
             sharpened.add(item)
@@ -169,35 +176,42 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
             if sharper > bound:
                 heapq.heappush(heap, (sharper, _order(item), item, t))
                 continue
-        if item not in models:
+        if item not in twin_of:
             stats.solved += 1
             if item not in per_shape:  # else the first plans costed it already
                 _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
                              optimizer, stats, per_shape)
-            # Two devices, interleaved: the exact split search (pp2.py); the stage model
-            # where its best split needs recomputation or exposes sync.
-            models[item] = pp2.SplitSearch(t) if pp2.applies(t) else StageModel(t)
-        model = models[item]
-        if isinstance(model, pp2.SplitSearch) and model.inexact:
-            models[item] = StageModel(t)
-        resume = _solve_shape(models[item], t, item, graph, cluster, constraints,
-                              global_batch_size, precision, optimizer, deadline, stats,
-                              per_shape)
+            # Shapes with one signature share one model (twins.py); a shape that joins late
+            # first costs what the model proposed before it came.
+            twin = twins.get(t.signature)
+            if twin is None:
+                twin = twins[t.signature] = Twins.of(t)
+                stats.models += 1
+            twin_of[item] = twin
+            for candidate in twin.attach(item):
+                _cost_candidate(candidate, item, graph, cluster, constraints,
+                                global_batch_size, precision, optimizer, stats, per_shape)
+        twin = twin_of[item]
+        if isinstance(twin.model, pp2.SplitSearch) and twin.model.inexact:
+            twin.model = StageModel(t)
+        resume = _solve_shape(twin, item, graph, cluster, constraints, global_batch_size,
+                              precision, optimizer, deadline, stats, per_shape, incumbent)
         if resume is not None:
             # Not done: back on the heap at the bound of what it has left to propose.
             heapq.heappush(heap, (max(bound, resume), _order(item), item, t))
-        if per_shape.get(item) is not None and (
-                best is None or _key(per_shape[item]) < _key(best)):
-            best = per_shape[item]
+        found = min((per_shape[s] for s in twin.shapes if s in per_shape), key=_key,
+                    default=None)
+        if found is not None and (best is None or _key(found) < _key(best)):
+            best = found
             if progress:
                 progress(f"best so far: {best.estimate.step_time:.3f} s/step, "
                          f"{_describe(best.config)}")
     stats.pruned_by_time = len(heap)
     stats.solve_time_s = time.perf_counter() - start
     stats.timed_out = stopped_at is not None
-    if best is not None:
+    if best is not None or incumbent is not None:
         stats.optimal = stopped_at is None
-        stats.lower_bound = min([best.estimate.step_time] + [b for b, *_ in heap[:1]])
+        stats.lower_bound = min([_limit(best, incumbent)] + [b for b, *_ in heap[:1]])
     others = sorted((e for e in per_shape.values() if e is not best), key=_key)
     memory_need.sort(key=lambda x: (x[0], x[1]))
     lean = [tables(shape) for _, shape in memory_need[:LEAN_SHAPES]]
@@ -295,39 +309,54 @@ CANDIDATES_PER_VISIT = 4
 whose bound is loose starves the others."""
 
 
-def _solve_shape(model: StageModel | pp2.SplitSearch, t: ShapeTables, shape: Shape,
-                 graph: ModelGraph, cluster: Cluster, constraints: Constraints,
-                 global_batch_size: int, precision: str, optimizer: str,
-                 deadline: float | None, stats: SearchStats,
-                 per_shape: dict[Shape, Evaluated]) -> float | None:
-    """Let the shape's stage model propose splits below the best time found so far, costing
-    each with ``estimate``. Returns None once the shape is exhausted, or the bound of what it
-    has left when this visit's share (or the time limit) ran out."""
+def _solve_shape(twin: Twins, shape: Shape, graph: ModelGraph, cluster: Cluster,
+                 constraints: Constraints, global_batch_size: int, precision: str,
+                 optimizer: str, deadline: float | None, stats: SearchStats,
+                 per_shape: dict[Shape, Evaluated], incumbent: float | None) -> float | None:
+    """Let the shape's model propose splits below the best time found so far (here or the
+    ``incumbent``), costing each
+    with ``estimate`` for the shape and its twins. Returns None once the model is exhausted,
+    or the bound of what it has left when this visit's share (or the time limit) ran out."""
+    model = twin.model
     for _ in range(CANDIDATES_PER_VISIT):
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and left <= 0:
             return model.last_bound
         known = [e.estimate.step_time for e in per_shape.values()]
+        if incumbent is not None:
+            known.append(incumbent)
         candidate, proven = model.solve(min(known, default=None), left)
         if candidate is None:
             return None if proven else model.last_bound
-        stats.candidates += 1
-        config = candidate.config(shape)
-        est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
-                       precision=precision, optimizer=optimizer)
+        twin.proposed.append(candidate)
+        for other in twin.shapes:
+            if other != shape:
+                _cost_candidate(candidate, other, graph, cluster, constraints,
+                                global_batch_size, precision, optimizer, stats, per_shape)
+        est = _cost_candidate(candidate, shape, graph, cluster, constraints,
+                              global_batch_size, precision, optimizer, stats, per_shape)
         exact = est.step_time <= candidate.bound * (1 + ROUNDING)
         if isinstance(model, pp2.SplitSearch) and not (
                 exact and _fits(est, constraints.memory_headroom)):
             # Its best split needs recomputation to fit, or exposes sync: the bound stands,
             # the stage model takes over.
             model.inexact = True
-            if _fits(est, constraints.memory_headroom):
-                _record(shape, Evaluated(config, est), per_shape)
             return model.last_bound
-        if not _fits(est, constraints.memory_headroom):
-            continue
-        _record(shape, Evaluated(config, est), per_shape)
     return model.last_bound
+
+
+def _cost_candidate(candidate: Candidate, shape: Shape, graph: ModelGraph, cluster: Cluster,
+                    constraints: Constraints, global_batch_size: int, precision: str,
+                    optimizer: str, stats: SearchStats,
+                    per_shape: dict[Shape, Evaluated]) -> Estimate:
+    """``estimate`` of a proposed split on ``shape``, recorded if it fits."""
+    stats.candidates += 1
+    config = candidate.config(shape)
+    est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
+                   precision=precision, optimizer=optimizer)
+    if _fits(est, constraints.memory_headroom):
+        _record(shape, Evaluated(config, est), per_shape)
+    return est
 
 
 def _order(item: Degrees | Shape) -> tuple:
@@ -335,6 +364,12 @@ def _order(item: Degrees | Shape) -> tuple:
     (less to lose to bubbles and collectives), then the fields in order: deterministic."""
     kind = 0 if isinstance(item, Degrees) else 1
     return (kind, item.pp, item.tp, item.cp, tuple(item.__dict__.values()))
+
+
+def _limit(best: Evaluated | None, incumbent: float | None) -> float:
+    """The step time a configuration must beat to matter."""
+    here = math.inf if best is None else best.estimate.step_time
+    return here if incumbent is None else min(here, incumbent)
 
 
 def _key(e: Evaluated) -> tuple:

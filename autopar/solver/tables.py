@@ -232,6 +232,24 @@ class ShapeTables:
                                       optimizer=self.optimizer, zero_stage=zero, dp=dp))
         return w + g + o, fixed
 
+    @cached_property
+    def signature(self) -> tuple:
+        """Everything the stage model and the split search read of this shape. Two shapes with
+        one signature get the same model, so the same candidate splits with the same bounds:
+        on a big cluster many shapes trade context parallelism for micro-batch size and keep
+        every per-device figure (Llama-3-70B on 1024 H100s: cp 4 at micro-batch 1 through cp
+        256 at 64), and the search solves their model once (``twins.py``)."""
+        s = self.shape
+        stage_groups = tuple(id(group) for group in self.groups)  # alive all search long
+        per_group = tuple(
+            (tuple((f.cost, f.params, tuple(sorted(f.held.items())), f.working, f.dp_sync)
+                   for f in self.figures(group)),
+             tuple(self.sends(group)), self.optimizer_rate(group), self.capacity(group))
+            for group in self.distinct_groups)
+        return (s.pp, s.virtual_stages, s.schedule, s.zero_stage, s.dp * s.cp > 1,
+                self.micro_batches, self.modes, stage_groups, per_group,
+                self.state_bytes_per_param(), self.buffers, self.in_flight)
+
     @property
     def buffers(self) -> float:
         return COMM_BUCKET_BYTES if self.shape.dp * self.shape.cp > 1 else 0.0
