@@ -52,6 +52,9 @@ def add_parsers(commands: Any, model_args: Callable[[argparse.ArgumentParser], N
                       help="recomputation modes a layer may get, e.g. none,selective")
     pins.add_argument("--headroom", type=fraction, default=0.0, metavar="F",
                       help="share of device memory to leave free (default 0)")
+    pins.add_argument("--allow-idle-nodes", action="store_true",
+                      help="the plan may leave whole nodes idle where that is faster or the "
+                           "only way to divide the batch")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="S",
@@ -74,7 +77,8 @@ def constraints_from(args: argparse.Namespace) -> Constraints:
         "tp": args.tp, "pp": args.pp, "dp": args.dp, "cp": args.cp,
         "zero_stage": args.zero, "sequence_parallel": args.sp, "schedule": args.schedule,
         "virtual_stages": args.virtual_stages, "micro_batch_size": args.micro_batch,
-        "max_tp": args.max_tp, "memory_headroom": args.headroom}
+        "max_tp": args.max_tp, "memory_headroom": args.headroom,
+        "allow_idle_devices": args.allow_idle_nodes}
     if args.recompute is not None:
         fields["recompute"] = args.recompute
     return Constraints(**fields)

@@ -39,17 +39,26 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
         raise ConfigError(f"time_limit_s must be positive, got {time_limit_s}")
     graph = model if isinstance(model, ModelGraph) else trace(model, example_inputs)
     # OR-Tools (and the pandas it imports) loads here, not with `import autopar`.
+    from autopar.solver.idle import search_fewer_nodes
     from autopar.solver.search import search
 
-    result = search(graph, cluster, global_batch_size=global_batch_size, precision=precision,
-                    optimizer=optimizer, constraints=rules, time_limit_s=time_limit_s,
-                    progress=progress)
+    whole = cluster
+    if rules.allow_idle_devices:
+        # The plan may leave whole nodes idle: its cluster is then the nodes it runs on.
+        result, cluster = search_fewer_nodes(
+            graph, cluster, global_batch_size=global_batch_size, precision=precision,
+            optimizer=optimizer, constraints=rules, time_limit_s=time_limit_s,
+            progress=progress)
+    else:
+        result = search(graph, cluster, global_batch_size=global_batch_size,
+                        precision=precision, optimizer=optimizer, constraints=rules,
+                        time_limit_s=time_limit_s, progress=progress)
     if result.best is None and result.stats.timed_out:
         raise InfeasibleError(
             f"no plan that fits was found within time_limit_s={time_limit_s}; allow more time "
             "(or none, to search to the end)")
     if result.best is None:
-        raise _infeasible(graph, cluster, result, rules, global_batch_size, precision,
+        raise _infeasible(graph, whole, result, rules, global_batch_size, precision,
                           optimizer)
     best, stats = result.best, result.stats
     return Plan(

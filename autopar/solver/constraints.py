@@ -20,7 +20,8 @@ class Constraints(BaseModel):
     ``memory_headroom`` is the share of every device's memory the plan must leave free (0.1:
     plan for 90% of capacity). ``recompute`` lists the modes the solver may give a layer.
     ``allow_idle_devices`` lets a plan use fewer whole nodes than the cluster has, when that
-    is faster or the only way to divide the batch.
+    is faster or the only way to divide the batch (``solver/idle.py``); the plan's cluster is
+    then the nodes it runs on (the first ones of each group).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,9 +46,6 @@ class Constraints(BaseModel):
         except ValidationError as exc:
             raise ConstraintError(
                 f"invalid constraints: {field_problems(exc, 'constraints')}") from None
-        if self.allow_idle_devices:
-            raise ConstraintError("constraints.allow_idle_devices=True is not supported yet: "
-                                  "plan for a cluster of the size you want to use instead")
         if not self.recompute:
             raise ConstraintError("constraints.recompute=() allows no mode; list at least one "
                                   "of 'none', 'selective', 'full'")
