@@ -381,6 +381,64 @@ def test_dp_exposure_bound_holds_on_a_heterogeneous_cluster(order: str) -> None:
     assert checked > 4000 and exposed > 1000
 
 
+def _two_group_lp(tables: Any) -> float:
+    """The fractional split of the layers between the two groups, solved as an LP by GLOP:
+    least T with each group's load at most its stages x T."""
+    from ortools.linear_solver import pywraplp
+
+    groups = tables.distinct_groups
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    top = solver.NumVar(0.0, solver.infinity(), "T")
+    on_a = [solver.NumVar(0.0, size, f"a{c}") for c, size in enumerate(tables.classes.size)]
+    for g, group in enumerate(groups):
+        cost = [min(f.forward(mode) + f.backward(mode) for mode in tables.modes)
+                for f in tables.base(group)]
+        share = [x if g == 0 else size - x
+                 for x, size in zip(on_a, tables.classes.size, strict=True)]
+        stages = sum(1 for s in tables.groups if s is group)
+        solver.Add(sum(w * x for w, x in zip(cost, share, strict=True)) <= stages * top)
+    solver.Minimize(top)
+    assert solver.Solve() == pywraplp.Solver.OPTIMAL
+    return top.solution_value()
+
+
+@pytest.mark.parametrize("order", ["ah", "ha"])
+def test_busiest_device_bound_of_two_groups_never_exceeds_any_split(order: str) -> None:
+    """``_least_busiest_of_two`` (layers split between the two groups in fractions, each at its
+    own A/B cost ratio) is at most the busiest device's work per micro-batch ``estimate()``
+    gives every contiguous split under each uniform recomputation, for every schedule; m
+    times it is at most the step time; and it is tight enough that x1.3 would fail."""
+    from autopar.solver.search import _least_busiest_of_two
+    from autopar.solver.space import Shape
+
+    gpt = SmallGPT()
+    graph, n = gpt.graph, gpt.n
+    cluster = _mixed(order)
+    closest = math.inf
+    for tp, pp, mbs, (schedule, v) in itertools.product(
+            (1, 2), (2, 4), (1, 2), (("1f1b", 1), ("zero_bubble", 1), ("interleaved", 2))):
+        gbs = 64
+        shape = Shape(tp, pp, 1, 32 // (tp * pp), 1, False, schedule, v, mbs)
+        tables = gpt.tables(shape, cluster, gbs)
+        bound = _least_busiest_of_two(tables)
+        assert bound == pytest.approx(_two_group_lp(tables), rel=1e-6)
+        m = tables.micro_batches
+        for cuts in itertools.combinations(range(1, n), pp * v - 1):
+            split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+            for mode in ("none", "selective", "full"):
+                try:
+                    e = estimate(graph, cluster, shape.config(layers_per_stage=split,
+                                                              recompute=mode),
+                                 global_batch_size=gbs)
+                except ConfigError:
+                    continue
+                busiest = max(e.stage_times) / m
+                assert bound <= busiest * (1 + 1e-12), (shape, split, mode)
+                assert m * bound <= e.step_time * (1 + 1e-12), (shape, split, mode)
+                closest = min(closest, busiest / bound)
+    assert closest < 1.3
+
+
 @pytest.mark.parametrize("zero", [0, 1, 2, 3])
 def test_plan_is_the_optimum_on_a_heterogeneous_cluster(zero: int) -> None:
     """On two node groups, every tp x pp (so dp 2 to 16), schedule, micro-batch size and

@@ -263,6 +263,10 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
                 _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
                              optimizer, stats, per_shape)
+                if len(cluster.groups) > 1:
+                    _try_uniform(shape, graph, cluster, constraints, global_batch_size,
+                                 precision, optimizer, stats, per_shape,
+                                 split=_speed_split(tables(shape)))
                 found = found or shape in per_shape
         return found
 
@@ -280,15 +284,17 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
 
 def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints: Constraints,
                  global_batch_size: int, precision: str, optimizer: str, stats: SearchStats,
-                 per_shape: dict[Shape, Evaluated]) -> None:
-    """Cost the configuration a person would write first (Megatron's even split, one
-    recomputation mode for every layer, the cheapest that fits): a good plan found early
-    prunes more, and it costs one ``estimate`` per mode."""
+                 per_shape: dict[Shape, Evaluated], split: tuple[int, ...] | None = None
+                 ) -> None:
+    """Cost the configuration a person would write first (Megatron's even split, or
+    ``split``, one recomputation mode for every layer, the cheapest that fits): a good plan
+    found early prunes more, and it costs one ``estimate`` per mode."""
     for mode in ("none", "selective", "full"):
         if mode not in constraints.recompute:
             continue
         try:
-            config = shape.config(recompute=mode)
+            config = (shape.config(recompute=mode) if split is None else
+                      shape.config(recompute=mode, layers_per_stage=split))
             est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
                            precision=precision, optimizer=optimizer)
         except ConfigError:
@@ -297,6 +303,25 @@ def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints:
         if _fits(est, constraints.memory_headroom):
             _record(shape, Evaluated(config, est), per_shape)
             return
+
+
+def _speed_split(t: ShapeTables) -> tuple[int, ...]:
+    """Layers per chunk in proportion to the speed of the chunk's node group (the inverse of
+    the whole model's least work on it), rounded by largest remainder with a layer at least
+    in each: what a person gives the faster devices of a heterogeneous cluster."""
+    n, k, p = len(t.layer_class), t.chunks, t.shape.pp
+    work = {id(g): sum(size * min(f.forward(mode) + f.backward(mode) for mode in t.modes)
+                       for size, f in zip(t.classes.size, t.base(g), strict=True))
+            for g in t.distinct_groups}
+    speed = [1 / work[id(t.groups[c % p])] for c in range(k)]
+    share = [n * x / sum(speed) for x in speed]
+    sizes = [max(1, math.floor(x)) for x in share]
+    while sum(sizes) < n:
+        sizes[max(range(k), key=lambda i: (share[i] - sizes[i], -i))] += 1
+    while sum(sizes) > n:
+        sizes[max((i for i in range(k) if sizes[i] > 1),
+                  key=lambda i: (sizes[i] - share[i], i))] -= 1
+    return tuple(sizes)
 
 
 def _record(shape: Shape, done: Evaluated, per_shape: dict[Shape, Evaluated]) -> None:
@@ -577,12 +602,15 @@ many classes of layers): it then bounds by the average alone."""
 
 
 def _least_busiest(t: ShapeTables) -> float:
-    """Least per-micro-batch work of the busiest device (homogeneous clusters): whole layers.
+    """Least per-micro-batch work of the busiest device: on one node group, whole layers
+    (below); on two, ``_least_busiest_of_two``; 0 where unknown (three groups or more).
 
     The busiest device's work is at least the average, and it is the sum of some of the
     layers' (each at least at its cheapest mode): so it is at least the least sum of whole
-    layers, so many of each class, that reaches the average. 0 where unknown."""
+    layers, so many of each class, that reaches the average."""
     s = t.shape
+    if len(t.distinct_groups) == 2:
+        return _least_busiest_of_two(t)
     if len(t.distinct_groups) > 1 or s.pp == 1:
         return 0.0
     key = ("least busiest", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp)
@@ -607,6 +635,42 @@ def _least_busiest(t: ShapeTables) -> float:
                 reached = target
                 break
         t.costs[key] = reached if reached < math.inf else target
+    return t.costs[key]  # type: ignore[return-value]
+
+
+def _least_busiest_of_two(t: ShapeTables) -> float:
+    """Least per-micro-batch work of the busiest device when the stages lie on two node groups
+    A and B (``n_A`` and ``n_B`` stages): the least ``T`` such that the layers, split between
+    the groups even in fractions, load A's devices ``<= n_A T`` and B's ``<= n_B T`` in all,
+    each layer at its cheapest allowed mode on the group it is on (the busiest device of a
+    group takes at least the group's average; fractions only relax whole layers). Optimal:
+    move layers from B to A in increasing order of their cost ratio A / B (an exchange
+    argument) until A's average load reaches B's. Unlike the speed share, which takes every
+    layer at the one smallest ratio, it lets a layer's ratio be its own: on A100 + H100 the
+    memory-bound layers are ~1.7x slower on the A100, the matmul-bound ones ~3x."""
+    s = t.shape
+    groups = t.distinct_groups
+    key = ("busiest of two", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp)
+    if key not in t.costs:
+        stages = [sum(1 for g in t.groups if g is group) for group in groups]
+        per_group = [[min(f.forward(mode) + f.backward(mode) for mode in t.modes)
+                      for f in t.base(group)] for group in groups]
+        classes = sorted(range(len(t.classes.size)), key=lambda c: (
+            per_group[0][c] / per_group[1][c] if per_group[1][c] > 0 else math.inf, c))
+        load_a = 0.0
+        load_b = sum(n * w for n, w in zip(t.classes.size, per_group[1], strict=True))
+        (n_a, n_b), best = stages, load_b / stages[1]
+        for c in classes:
+            size, a, b = t.classes.size[c], per_group[0][c], per_group[1][c]
+            moved_a, moved_b = load_a + size * a, load_b - size * b
+            if moved_a / n_a >= moved_b / n_b:
+                # A's average reaches B's within this class: where they cross.
+                share = (n_a * load_b - n_b * load_a) / (size * (n_b * a + n_a * b))
+                best = min(best, (load_a + share * size * a) / n_a)
+                break
+            load_a, load_b = moved_a, moved_b
+            best = min(best, load_b / n_b)
+        t.costs[key] = best * (1 - ROUNDING)
     return t.costs[key]  # type: ignore[return-value]
 
 
