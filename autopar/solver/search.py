@@ -490,7 +490,7 @@ def _shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
     # Every device's share of the work, and the first micro-batch's pass through all layers
     # (only input gradients for zero-bubble, whose weight gradients wait).
     pipe = max(m * work / _speed_share(t), zb_chain if shape.schedule == "zero_bubble" else work,
-               m * _least_busiest(t))
+               m * _least_busiest(t, recompute))
     if shape.schedule == "interleaved" and shape.virtual_stages > 1 and len(t.distinct_groups) == 1:
         pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
                    * _least_send(t))
@@ -601,16 +601,17 @@ SUBSET_SUMS = 1 << 16
 many classes of layers): it then bounds by the average alone."""
 
 
-def _least_busiest(t: ShapeTables) -> float:
+def _least_busiest(t: ShapeTables, recompute: float) -> float:
     """Least per-micro-batch work of the busiest device: on one node group, whole layers
-    (below); on two, ``_least_busiest_of_two``; 0 where unknown (three groups or more).
+    (below); on two, ``_least_busiest_of_two`` with the least ``recompute`` time the
+    activations need; 0 where unknown (three groups or more).
 
     The busiest device's work is at least the average, and it is the sum of some of the
     layers' (each at least at its cheapest mode): so it is at least the least sum of whole
     layers, so many of each class, that reaches the average."""
     s = t.shape
     if len(t.distinct_groups) == 2:
-        return _least_busiest_of_two(t)
+        return _least_busiest_of_two(t, recompute)
     if len(t.distinct_groups) > 1 or s.pp == 1:
         return 0.0
     key = ("least busiest", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp)
@@ -638,30 +639,35 @@ def _least_busiest(t: ShapeTables) -> float:
     return t.costs[key]  # type: ignore[return-value]
 
 
-def _least_busiest_of_two(t: ShapeTables) -> float:
+def _least_busiest_of_two(t: ShapeTables, recompute: float = 0.0) -> float:
     """Least per-micro-batch work of the busiest device when the stages lie on two node groups
     A and B (``n_A`` and ``n_B`` stages): the least ``T`` such that the layers, split between
     the groups even in fractions, load A's devices ``<= n_A T`` and B's ``<= n_B T`` in all,
     each layer at its cheapest allowed mode on the group it is on (the busiest device of a
-    group takes at least the group's average; fractions only relax whole layers). Optimal:
+    group takes at least the group's average; fractions only relax whole layers), and
+    ``recompute`` (the least recomputation the activations need, priced on each layer's
+    cheapest group, so at least that much wherever it runs) as one more piece of work that
+    costs the same on either group. Optimal:
     move layers from B to A in increasing order of their cost ratio A / B (an exchange
     argument) until A's average load reaches B's. Unlike the speed share, which takes every
     layer at the one smallest ratio, it lets a layer's ratio be its own: on A100 + H100 the
     memory-bound layers are ~1.7x slower on the A100, the matmul-bound ones ~3x."""
     s = t.shape
     groups = t.distinct_groups
-    key = ("busiest of two", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp)
+    key = ("busiest of two", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp,
+           recompute)
     if key not in t.costs:
         stages = [sum(1 for g in t.groups if g is group) for group in groups]
         per_group = [[min(f.forward(mode) + f.backward(mode) for mode in t.modes)
-                      for f in t.base(group)] for group in groups]
-        classes = sorted(range(len(t.classes.size)), key=lambda c: (
+                      for f in t.base(group)] + [recompute] for group in groups]
+        sizes = [*t.classes.size, 1]
+        classes = sorted(range(len(sizes)), key=lambda c: (
             per_group[0][c] / per_group[1][c] if per_group[1][c] > 0 else math.inf, c))
         load_a = 0.0
-        load_b = sum(n * w for n, w in zip(t.classes.size, per_group[1], strict=True))
+        load_b = sum(n * w for n, w in zip(sizes, per_group[1], strict=True))
         (n_a, n_b), best = stages, load_b / stages[1]
         for c in classes:
-            size, a, b = t.classes.size[c], per_group[0][c], per_group[1][c]
+            size, a, b = sizes[c], per_group[0][c], per_group[1][c]
             moved_a, moved_b = load_a + size * a, load_b - size * b
             if moved_a / n_a >= moved_b / n_b:
                 # A's average reaches B's within this class: where they cross.
