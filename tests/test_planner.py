@@ -476,11 +476,13 @@ def test_plan_is_the_optimum_on_a_heterogeneous_cluster(zero: int) -> None:
         assert plan.solver.optimal
 
 
-def test_interleaved_bubble_bound_never_exceeds_any_split() -> None:
-    """``_shape_bound(bubble=True)`` (the weighted-paths certificate of ``bubble.py``) against
-    ``estimate()`` of every contiguous split of sampled interleaved shapes of the small GPT,
-    under uniform and random per-layer recomputation that fits. It is tight enough that the
-    bound inflated by 1.3 would fail."""
+@pytest.mark.parametrize("kind", ["one group", "A100 + H100"])
+def test_interleaved_bubble_bound_never_exceeds_any_split(kind: str) -> None:
+    """``_shape_bound(bubble=True)`` (the weighted-paths certificate of ``bubble.py``; on two
+    node groups, weights the LP picks for the groups' own costs) against ``estimate()`` of
+    every contiguous split of sampled interleaved shapes of the small GPT, under uniform and
+    random per-layer recomputation that fits. It is tight enough that the bound inflated by
+    1.3 would fail."""
     import random
 
     from autopar.solver.search import _shape_bound
@@ -488,17 +490,18 @@ def test_interleaved_bubble_bound_never_exceeds_any_split() -> None:
 
     gpt = SmallGPT()
     n = gpt.n
-    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
+    cluster = (tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0) if kind == "one group"
+               else _mixed("ha", 3.0))
     rng = random.Random(11)
     checked, closest, raised = 0, 0.0, 0
     for tp, pp, v, zero, mbs, rounds in itertools.product((1, 2), (2, 4), (2, 3, 4), (1, 3),
                                                          (1, 2), (1, 2, 4)):
         if pp * v > n:
             continue
-        dp = 8 // (tp * pp)
+        dp = cluster.world_size // (tp * pp)
         gbs = dp * mbs * pp * rounds
         shape = Shape(tp, pp, 1, dp, zero, tp > 1, "interleaved", v, mbs)
-        tables = gpt.tables(shape, cluster, gbs)
+        tables = gpt.tables(shape, cluster, gbs, costs={})
         bound, _ = _shape_bound(tables, bubble=True)
         raised += bound > _shape_bound(tables)[0]
         patterns = [(m,) * n for m in ("none", "selective", "full")]
@@ -665,3 +668,38 @@ def test_twin_shapes_share_one_model_and_lose_no_split() -> None:
     # Twins tie; the one the search returns must still be the first in its order, so every
     # twin, also one that joined the model late, must have had the split costed.
     assert found.config.model_dump_json() == best[2]
+
+
+def test_certificate_for_costs_is_the_best_weighting() -> None:
+    """``bubble.certificate_for`` maximises the bound for the costs it is given: on random
+    chunk costs of two alternating groups, its bound (weighted costs plus sends) is never
+    below that of the weights tuned for like chunks nor of random weights, and above the
+    former somewhere."""
+    import random
+
+    from autopar.solver.bubble import certificate, certificate_for, evaluate
+
+    rng = random.Random(5)
+    better = 0
+    for p, v, rounds in itertools.product((2, 4), (2, 3), (1, 2)):
+        m = p * rounds
+        speed = [1.0, rng.uniform(1.5, 3.0)]  # group of chunk k: k % p % 2
+        sizes = [rng.randint(1, 4) for _ in range(3)]
+        base = [(rng.uniform(1, 2), rng.uniform(2, 4)) for _ in sizes]
+        costs = [[[(f * speed[k % p % 2], b * speed[k % p % 2]),
+                   (2 * f * speed[k % p % 2], 2 * b * speed[k % p % 2])]
+                  for k in range(p * v)] for f, b in base]
+        send = rng.uniform(0, 0.5)
+
+        def bound(cert: Any) -> float:
+            return float(cert.weighted(costs, sizes)[0] + cert.sends * send)
+
+        best = bound(certificate_for(p, v, m, costs, sizes, send))
+        like = bound(certificate(p, v, m))
+        assert best >= like * (1 - 1e-6)
+        better += best > like * (1 + 1e-3)
+        for _ in range(5):
+            weights = [[rng.random() for _ in range(v)] for _ in range(p)]
+            assert best >= bound(evaluate(p, v, m, [rng.random() for _ in range(p)], weights,
+                                          weights)) * (1 - 1e-6)
+    assert better > 0

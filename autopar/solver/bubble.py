@@ -31,6 +31,7 @@ exactly, so the LP's tolerances cannot make it invalid.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 from ortools.linear_solver import pywraplp
@@ -61,6 +62,27 @@ class Certificate:
     def least(self, forward: float, backward: float) -> float:
         """The least weighted cost of a layer of that forward and backward, in any chunk."""
         return min(a * forward + b * backward for a, b in self.pairs)
+
+    def weighted(self, costs: list[list[list[tuple[float, float]]]], sizes: list[int]
+                 ) -> tuple[float, bool]:
+        """The least of ``sum_k alpha_k F_k + beta_k B_k`` over every split, with
+        ``costs[c][k]`` the (forward, backward) of a layer of class ``c`` in chunk ``k`` under
+        each mode it may run in and ``sizes[c]`` the class's layers: each layer at its least
+        weighted cost over the chunks and modes. Also whether every class's fastest mode is
+        at most every other both forward and backward in every chunk (then recomputation
+        beyond it adds at least the least coefficient times its time)."""
+        total, dominated = 0.0, True
+        for size, per_chunk in zip(sizes, costs, strict=True):
+            least = math.inf
+            for a, b, modes in zip(self.alpha, self.beta, per_chunk, strict=True):
+                fastest = min(modes, key=sum)
+                if all(f >= fastest[0] and g >= fastest[1] for f, g in modes):
+                    least = min(least, a * fastest[0] + b * fastest[1])
+                else:
+                    dominated = False
+                    least = min(least, min(a * f + b * g for f, g in modes))
+            total += size * least
+        return total, dominated
 
 
 def evaluate(p: int, v: int, m: int, lam: list[float], mu: list[list[float]],
@@ -98,19 +120,21 @@ def _normal(xs: list[float]) -> list[float]:
     return [x / total for x in xs]
 
 
-@functools.lru_cache(maxsize=1024)
-def certificate(p: int, v: int, m: int) -> Certificate:
-    """Path weights for ``(p, v, m)`` from the LP (``m`` a multiple of ``p``, ``m >= p``)."""
+def _uniform(p: int, v: int, m: int) -> Certificate:
+    """The plain weights (every device alike, every path through its first chunks)."""
+    first = [[1.0] + [0.0] * (v - 1)] * p
+    return evaluate(p, v, m, [1.0] * p, first, first)
+
+
+def _program(p: int, v: int, m: int) -> tuple[pywraplp.Solver, list, list, list, list, list]:
+    """The weights as LP variables (``lam``, and ``x``, ``y``: ``lam_d`` times ``mu_d`` and
+    ``nu_d``) and the coefficients ``alpha``, ``beta`` as linear expressions of them."""
     solver = pywraplp.Solver.CreateSolver("GLOP")
-    if solver is None or p < 2:
-        return evaluate(p, v, m, [1.0] * p, [[1.0] + [0.0] * (v - 1)] * p,
-                        [[1.0] + [0.0] * (v - 1)] * p)
     inf = solver.infinity()
     k_chunks = p * v
     lam = [solver.NumVar(0, inf, f"lam{d}") for d in range(p)]
     x = [[solver.NumVar(0, inf, f"x{d}_{r}") for r in range(v)] for d in range(p)]
     y = [[solver.NumVar(0, inf, f"y{d}_{r}") for r in range(v)] for d in range(p)]
-    val = solver.NumVar(-inf, inf, "val")
     solver.Add(sum(lam) == 1)
     for d in range(p):
         solver.Add(sum(x[d]) == lam[d])
@@ -137,15 +161,49 @@ def certificate(p: int, v: int, m: int) -> Certificate:
         return [later[k + 1] + m * lam[k % p] - p * coef[k % p][k // p]
                 for k in range(k_chunks)]
 
-    alpha = coefficients(x)
-    beta = coefficients(y)
-    for k in range(k_chunks):
-        for phi in FORWARD_SHARES:
-            solver.Add(phi * alpha[k] + (1 - phi) * beta[k] >= val)
-    solver.Maximize(val)
+    return solver, lam, x, y, coefficients(x), coefficients(y)
+
+
+def _solved(solver: pywraplp.Solver, p: int, v: int, m: int, lam: list, x: list,
+            y: list) -> Certificate:
+    """The certificate of the LP's weights (recomputed exactly), or the plain one."""
     if solver.Solve() not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        return evaluate(p, v, m, [1.0] * p, [[1.0] + [0.0] * (v - 1)] * p,
-                        [[1.0] + [0.0] * (v - 1)] * p)
+        return _uniform(p, v, m)
     return evaluate(p, v, m, [z.solution_value() for z in lam],
                     [[z.solution_value() for z in row] for row in x],
                     [[z.solution_value() for z in row] for row in y])
+
+
+@functools.lru_cache(maxsize=1024)
+def certificate(p: int, v: int, m: int) -> Certificate:
+    """Path weights for ``(p, v, m)`` from the LP (``m`` a multiple of ``p``, ``m >= p``)."""
+    if p < 2:
+        return _uniform(p, v, m)
+    solver, lam, x, y, alpha, beta = _program(p, v, m)
+    val = solver.NumVar(-solver.infinity(), solver.infinity(), "val")
+    for k in range(p * v):
+        for phi in FORWARD_SHARES:
+            solver.Add(phi * alpha[k] + (1 - phi) * beta[k] >= val)
+    solver.Maximize(val)
+    return _solved(solver, p, v, m, lam, x, y)
+
+
+def certificate_for(p: int, v: int, m: int, costs: list[list[list[tuple[float, float]]]],
+                    sizes: list[int], send: float) -> Certificate:
+    """Path weights that make the bound itself largest for these costs: ``costs[c][k]`` the
+    (forward, backward) of a layer of class ``c`` in chunk ``k`` under each mode it may run
+    in, ``sizes[c]`` the class's layers, ``send`` the least send. For chunks of unlike cost
+    (a heterogeneous cluster: chunk k on device k mod p's group), where the weights tuned for
+    like chunks would spread over devices that do not bound the step."""
+    if p < 2:
+        return _uniform(p, v, m)
+    solver, lam, x, y, alpha, beta = _program(p, v, m)
+    inf = solver.infinity()
+    least = [solver.NumVar(-inf, inf, f"z{c}") for c in range(len(sizes))]
+    for c, per_chunk in enumerate(costs):
+        for k, modes in enumerate(per_chunk):
+            for forward, backward in modes:
+                solver.Add(least[c] <= alpha[k] * forward + beta[k] * backward)
+    sends = sum((x[d][r] + y[d][r]) * (r * p + d) for d in range(p) for r in range(v))
+    solver.Maximize(sum(n * z for n, z in zip(sizes, least, strict=True)) + send * sends)
+    return _solved(solver, p, v, m, lam, x, y)

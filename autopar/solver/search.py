@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from autopar.cost_models.memory import FRAGMENTATION, FRAMEWORK_BYTES
 
@@ -29,7 +30,7 @@ from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import Estimate, estimate, repeated_blocks
 from autopar.layer_profiles import layer_profiles
 from autopar.solver import pp2
-from autopar.solver.bubble import certificate
+from autopar.solver.bubble import certificate, certificate_for
 from autopar.solver.constraints import Constraints
 from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
 from autopar.solver.stage_model import Candidate, StageModel
@@ -538,40 +539,38 @@ def interleaved_sends(p: int, v: int, m: int) -> float:
 
 
 def _has_bubble_bound(t: ShapeTables) -> bool:
-    """Whether ``_interleaved_bubble`` applies: interleaved chunks on one node group."""
-    return (t.shape.schedule == "interleaved" and t.shape.virtual_stages > 1
-            and len(t.distinct_groups) == 1)
+    """Whether ``_interleaved_bubble`` applies: interleaved chunks."""
+    return t.shape.schedule == "interleaved" and t.shape.virtual_stages > 1
 
 
 def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
-    """Least pipeline time of an interleaved shape (one node group) over every split: the
-    weighted paths of ``bubble.certificate``, ``sum_k alpha_k F_k + beta_k B_k + sends s``,
-    with each layer at its least weighted cost over the chunks (so whatever chunk the split
-    puts it in), and ``recompute`` (the least recomputation that lets activations fit,
-    beyond each class's fastest mode) at the least coefficient of any chunk, where every
-    allowed mode costs at least the fastest one both forward and backward."""
+    """Least pipeline time of an interleaved shape over every split: the weighted paths of
+    ``bubble.py``, ``sum_k alpha_k F_k + beta_k B_k + sends s``, with each layer at its least
+    weighted cost over the chunks, at the costs of each chunk's node group (so whatever chunk
+    the split puts it in), and ``recompute`` (the least recomputation that lets activations
+    fit, beyond each class's fastest mode) at the least coefficient of any chunk, where every
+    allowed mode costs at least the fastest one both forward and backward. On one node group
+    the weights are those of ``certificate`` (per (p, v, m)); on several, the LP picks them
+    for the groups' own costs (``certificate_for``), so the slower group's devices weigh
+    more."""
     s = t.shape
-    m = t.micro_batches
-    cert = certificate(s.pp, s.virtual_stages, m)
-    key = ("bubble", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, s.pp,
+    m, p, k_chunks = t.micro_batches, s.pp, t.chunks
+    key = ("bubble", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, p,
            s.virtual_stages, m)
     if key not in t.costs:
-        figures = t.base(t.distinct_groups[0])
-        total, dominated = 0.0, True
-        for c, size in enumerate(t.classes.size):
-            f = figures[c]
-            fastest = min(t.modes, key=lambda mode: f.forward(mode) + f.backward(mode))
-            if all(f.forward(mode) >= f.forward(fastest) and f.backward(mode)
-                   >= f.backward(fastest) for mode in t.modes):
-                total += size * cert.least(f.forward(fastest), f.backward(fastest))
-            else:
-                dominated = False
-                total += size * min(cert.least(f.forward(mode), f.backward(mode))
-                                    for mode in t.modes)
+        figures = [t.base(t.groups[k % p]) for k in range(k_chunks)]
+        costs = [[[(f[c].forward(mode), f[c].backward(mode)) for mode in t.modes]
+                  for f in figures] for c in range(len(t.classes.size))]
+        if len(t.distinct_groups) == 1:
+            cert = certificate(p, s.virtual_stages, m)
+        else:
+            cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
+                                   _least_send(t))
+        total, dominated = cert.weighted(costs, list(t.classes.size))
         least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
-        t.costs[key] = (total, least_coefficient)
-    total, least_coefficient = t.costs[key]  # type: ignore[misc]
-    return total + least_coefficient * recompute + cert.sends * _least_send(t)
+        t.costs[key] = (total, least_coefficient, cert.sends)
+    weighted, coefficient, sends = cast(tuple[float, float, float], t.costs[key])
+    return weighted + coefficient * recompute + sends * _least_send(t)
 
 
 def _least_send(t: ShapeTables) -> float:
