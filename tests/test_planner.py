@@ -428,7 +428,7 @@ def test_busiest_device_bound_of_two_groups_never_exceeds_any_split(order: str,
         shape = Shape(tp, pp, 1, 32 // (tp * pp), 1, False, schedule, v, mbs)
         tables = gpt.tables(shape, cluster, gbs)
         assert _least_busiest_of_two(tables) == pytest.approx(_two_group_lp(tables), rel=1e-6)
-        _, recompute = _least_recompute(tables)
+        _, recompute = _least_recompute(tables, own=True)
         bound = _least_busiest_of_two(tables, recompute)
         recomputing += recompute > 0
         m = tables.micro_batches
@@ -691,7 +691,8 @@ def test_certificate_for_costs_is_the_best_weighting() -> None:
                   for k in range(p * v)] for f, b in base]
         send = rng.uniform(0, 0.5)
 
-        def bound(cert: Any) -> float:
+        def bound(cert: Any, costs: Any = costs, sizes: Any = sizes,
+                  send: float = send) -> float:
             return float(cert.weighted(costs, sizes)[0] + cert.sends * send)
 
         best = bound(certificate_for(p, v, m, costs, sizes, send))
@@ -703,3 +704,38 @@ def test_certificate_for_costs_is_the_best_weighting() -> None:
             assert best >= bound(evaluate(p, v, m, [rng.random() for _ in range(p)], weights,
                                           weights)) * (1 - 1e-6)
     assert better > 0
+
+
+def test_recomputation_on_two_groups_is_priced_at_each_groups_own_extra() -> None:
+    """A group slower without recomputation may recompute for less (its attention is faster):
+    23 layers cost 1.0 / 2.0 s (none / selective) on A and 1.1 / 1.3 s on B, and 10 of them
+    must recompute. 13 layers without recomputation on A and 10 selective on B load each
+    device 13 s. Priced at the cheapest group (selective 1.3 - none 1.0 = 0.3 s a layer), the
+    two-group bound would say 13.48 s; at each group's own extra (least 0.2 s, on B) it stays
+    at most 13 s. Found by review."""
+    from types import SimpleNamespace
+
+    from autopar.solver.search import _extra_options, _least_busiest_of_two
+
+    class Figures:
+        def __init__(self, work: dict[str, float]) -> None:
+            self.work = work
+
+        def forward(self, mode: str) -> float:
+            return self.work[mode] / 3
+
+        def backward(self, mode: str) -> float:
+            return 2 * self.work[mode] / 3
+
+    a, b = object(), object()
+    base = {id(a): [Figures({"none": 1.0, "selective": 2.0})],
+            id(b): [Figures({"none": 1.1, "selective": 1.3})]}
+    tables: Any = SimpleNamespace(
+        shape=SimpleNamespace(tp=1, sequence_parallel=False, cp=1, micro_batch_size=1, pp=2),
+        distinct_groups=[a, b], groups=[a, b], modes=("none", "selective"),
+        base=lambda g: base[id(g)], classes=SimpleNamespace(size=[23]), costs={})
+    extra = _extra_options(tables)[0][1][0]
+    assert extra == pytest.approx(0.2)
+    assert _least_busiest_of_two(tables, 10 * extra) <= 13.0
+    tables.costs = {}
+    assert _least_busiest_of_two(tables, 10 * 0.3) > 13.0  # the old pricing: unsound here

@@ -488,15 +488,18 @@ def _shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
     work, zb_chain, optimizer = _work(t)
     fits, recompute = _least_recompute(t)
     work += recompute
+    # The least recomputation over and above each group's own fastest mode (the terms that
+    # take each layer at its own group's cost): on one group the same figure.
+    extra = recompute if len(t.distinct_groups) == 1 else _least_recompute(t, own=True)[1]
     # Every device's share of the work, and the first micro-batch's pass through all layers
     # (only input gradients for zero-bubble, whose weight gradients wait).
     pipe = max(m * work / _speed_share(t), zb_chain if shape.schedule == "zero_bubble" else work,
-               m * _least_busiest(t, recompute))
+               m * _least_busiest(t, extra))
     if shape.schedule == "interleaved" and shape.virtual_stages > 1 and len(t.distinct_groups) == 1:
         pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
                    * _least_send(t))
     if bubble and _has_bubble_bound(t):
-        pipe = max(pipe, _interleaved_bubble(t, recompute))
+        pipe = max(pipe, _interleaved_bubble(t, extra))
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
         # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
@@ -644,9 +647,10 @@ def _least_busiest_of_two(t: ShapeTables, recompute: float = 0.0) -> float:
     the groups even in fractions, load A's devices ``<= n_A T`` and B's ``<= n_B T`` in all,
     each layer at its cheapest allowed mode on the group it is on (the busiest device of a
     group takes at least the group's average; fractions only relax whole layers), and
-    ``recompute`` (the least recomputation the activations need, priced on each layer's
-    cheapest group, so at least that much wherever it runs) as one more piece of work that
-    costs the same on either group. Optimal:
+    ``recompute`` (the least recomputation the activations need, each mode priced at the
+    least over the groups of its cost beyond that group's fastest mode:
+    ``_least_recompute(own=True)``, so at least that much wherever it runs) as one more piece
+    of work that costs the same on either group. Optimal:
     move layers from B to A in increasing order of their cost ratio A / B (an exchange
     argument) until A's average load reaches B's. Unlike the speed share, which takes every
     layer at the one smallest ratio, it lets a layer's ratio be its own: on A100 + H100 the
@@ -721,9 +725,13 @@ def _least_dp_exposed(t: ShapeTables, work: float) -> float:
     return t.costs[key] / s.pp  # type: ignore[operator]
 
 
-def _least_recompute(t: ShapeTables) -> tuple[bool, float]:
+def _least_recompute(t: ShapeTables, *, own: bool = False) -> tuple[bool, float]:
     """Whether activations can fit at all, and the least recomputation time per micro-batch
-    over all layers that makes them fit (a fractional knapsack: a lower bound).
+    over all layers that makes them fit (a fractional knapsack: a lower bound). Priced as
+    ``_activation_trade`` prices it: by default each mode at its cheapest group's time (what
+    adds to the least work of all layers), with ``own`` each mode at the least, over the
+    groups, of what it costs there beyond that group's fastest mode (what adds to a layer
+    taken at its own group's fastest cost wherever it runs).
 
     Device ``d`` holding ``in_flight[d]`` micro-batches can keep at most
     ``(its free bytes) * v / in_flight[d]`` bytes of one micro-batch's activations; summing
@@ -731,7 +739,7 @@ def _least_recompute(t: ShapeTables) -> tuple[bool, float]:
     layers together may keep.
     """
     per_param, fixed = t.state_bytes_per_param()
-    params, held, segments = _activation_trade(t)
+    params, held, segments = _activation_trade(t, own=own)
     states = per_param * params
     v = t.shape.virtual_stages
     room = sum((t.capacity(g) - fixed - t.buffers) * v * inverse
@@ -761,17 +769,20 @@ def _inverse_in_flight(t: ShapeTables) -> list[tuple[NodeGroup, float]]:
     return t.costs[key]  # type: ignore[return-value]
 
 
-def _activation_trade(t: ShapeTables) -> tuple[float, float, list[tuple[float, float]]]:
+def _activation_trade(t: ShapeTables, *, own: bool = False
+                      ) -> tuple[float, float, list[tuple[float, float]]]:
     """(parameters of all layers on one device, bytes of activations all layers
     hold per micro-batch without recomputation, the (seconds per byte, bytes) segments that
-    recomputation trades at increasing prices, each layer at its cheapest group's)."""
+    recomputation trades at increasing prices, each mode at its cheapest group's time; with
+    ``own``, at the least over the groups of its time there minus that group's fastest mode's
+    (a group slower without recomputation may recompute for less: its attention is faster))."""
     s = t.shape
     key = ("trade", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size,
-           tuple(id(g) for g in t.distinct_groups))
+           tuple(id(g) for g in t.distinct_groups), own)
     if key in t.costs:
         return t.costs[key]  # type: ignore[return-value]
     figures = t.base(t.groups[0])  # held bytes and parameters are the same on every group
-    options = _options(t)
+    options = _options(t) if not own else _extra_options(t)
     params = sum(size * figures[c].params for c, size in enumerate(t.classes.size))
     # Each class: its modes as (held bytes, seconds) points; the lower convex hull of the
     # undominated ones trades bytes for time at increasing prices.
@@ -795,6 +806,19 @@ def _activation_trade(t: ShapeTables) -> tuple[float, float, list[tuple[float, f
                      for a, b in zip(hull, hull[1:], strict=False)]
     t.costs[key] = (params, held, sorted(segments))
     return t.costs[key]  # type: ignore[return-value]
+
+
+def _extra_options(t: ShapeTables) -> list[list[tuple[float, float]]]:
+    """Per class, per allowed mode (``_options``' layout, work only): the least over the
+    stages' node groups of its work there beyond that group's fastest mode."""
+    per_group = [t.base(g) for g in t.distinct_groups]
+    options = []
+    for c in range(len(t.classes.size)):
+        works = [[f[c].forward(mode) + f[c].backward(mode) for mode in t.modes]
+                 for f in per_group]
+        options.append([(min(w[j] - min(w) for w in works), 0.0)
+                        for j in range(len(t.modes))])
+    return options
 
 
 def _slope(a: tuple[float, float], b: tuple[float, float]) -> float:
