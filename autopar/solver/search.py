@@ -671,6 +671,8 @@ def _least_busiest_of_two(t: ShapeTables, recompute: float = 0.0) -> float:
         (n_a, n_b), best = stages, load_b / stages[1]
         for c in classes:
             size, a, b = sizes[c], per_group[0][c], per_group[1][c]
+            if a == b == 0:
+                continue  # free on both: moves nothing (and would divide by zero below)
             moved_a, moved_b = load_a + size * a, load_b - size * b
             if moved_a / n_a >= moved_b / n_b:
                 # A's average reaches B's within this class: where they cross.
