@@ -150,20 +150,21 @@ class _Simulation:
     def ready(self, op: _Op) -> float | None:
         """When the op's inputs have arrived; None while a producer is unscheduled."""
         kind, k, i = op
+        finish = self.finish
         if kind == "F":
-            deps = [(("F", k - 1, i), self.stages[k - 1].send)] if k > 0 else []
-        elif kind == "B":
-            deps = [(("F", k, i), 0.0)]
-            if k < len(self.stages) - 1:
-                deps.append((("B", k + 1, i), self.stages[k].send))
-        else:
-            deps = [(("B", k, i), 0.0)]
-        ready = 0.0
-        for dep, lag in deps:
-            done = self.finish.get(dep)
-            if done is None:
+            if k == 0:
+                return 0.0
+            done = finish.get(("F", k - 1, i))
+            return None if done is None else max(0.0, done + self.stages[k - 1].send)
+        done = finish.get(("F", k, i) if kind == "B" else ("B", k, i))
+        if done is None:
+            return None
+        ready = max(0.0, done)
+        if kind == "B" and k < len(self.stages) - 1:
+            after = finish.get(("B", k + 1, i))
+            if after is None:
                 return None
-            ready = max(ready, done + lag)
+            ready = max(ready, after + self.stages[k].send)
         return ready
 
     def next_op(
@@ -229,11 +230,23 @@ class _Simulation:
                     in_flight[d] += 1
                 if self.zero_bubble and op[0] == "B":
                     pending_w[d].append(("W", op[1], op[2]))
-            # Only this device and the neighbours that consume its output can change plans.
-            for dev in {d, (d - 1) % n, (d + 1) % n}:
+            # Only this device and the one that consumes its output can change plans: a
+            # forward feeds the next chunk's device, a backward the previous one's, a weight
+            # gradient nothing (the plans of the others read nothing that changed).
+            for dev in _consumers(op[0], d, n):
                 plans[dev] = plan(dev)
                 heapq.heappush(queue, (plans[dev][0], dev))
         return max(free), busy
+
+
+def _consumers(kind: str, d: int, n: int) -> tuple[int, ...]:
+    """Devices whose next operation may read what device ``d`` just finished (``kind``), in
+    the order the simulation has always re-planned them (itself, then the neighbour)."""
+    if kind == "F":
+        return (d, (d + 1) % n)
+    if kind == "B":
+        return (d, (d - 1) % n)
+    return (d,)
 
 
 def _peak_activations(order: list[_Op]) -> int:
