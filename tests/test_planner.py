@@ -281,12 +281,12 @@ def test_peak_in_flight_closed_form_matches_the_orders() -> None:
 
 
 def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
-    """``_shape_bound`` (work, whole layers on the busiest device, interleaved sends, ZeRO-3
+    """``shape_bound`` (work, whole layers on the busiest device, interleaved sends, ZeRO-3
     sync, fill) against ``estimate()`` of every contiguous split, under uniform and random
     per-layer recomputation, for sampled shapes of a small GPT on a tight node."""
     import random
 
-    from autopar.solver.search import _shape_bound
+    from autopar.solver.bounds import shape_bound
     from autopar.solver.space import Shape
 
     gpt = SmallGPT()
@@ -302,7 +302,7 @@ def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
             continue
         dp = 8 // (tp * pp)
         shape = Shape(tp, pp, 1, dp, zero, tp > 1, schedule, v, mbs)
-        bound, _ = _shape_bound(gpt.tables(shape, cluster, gbs))
+        bound, _ = shape_bound(gpt.tables(shape, cluster, gbs))
         patterns = [(m,) * n for m in ("none", "selective", "full")]
         patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
                      for _ in range(4)]
@@ -319,7 +319,7 @@ def test_interleaved_sends_bound_the_simulated_step() -> None:
 
     from autopar.cost_models.pipeline import StageCost, simulate
 
-    from autopar.solver.search import interleaved_sends
+    from autopar.solver.bounds import interleaved_sends
 
     rng = random.Random(1)
     for _ in range(1000):
@@ -354,7 +354,7 @@ def test_dp_exposure_bound_holds_on_a_heterogeneous_cluster(order: str) -> None:
     ZeRO stage, several dp degrees) on a cluster of two node groups. Taking the first stage's
     group for every device failed this (A100 group first: its slower network exposes more
     than the H100 stages do)."""
-    from autopar.solver.search import _least_dp_exposed, _shape_bound, _work
+    from autopar.solver.bounds import _least_dp_exposed, _work, shape_bound
     from autopar.solver.space import Shape
 
     gpt = SmallGPT()
@@ -367,7 +367,7 @@ def test_dp_exposure_bound_holds_on_a_heterogeneous_cluster(order: str) -> None:
         shape = Shape(tp, pp, 1, dp, zero, False, "1f1b", 1, mbs)
         tables = gpt.tables(shape, cluster, gbs)
         dp_bound = _least_dp_exposed(tables, _work(tables)[0])
-        bound, _ = _shape_bound(tables)
+        bound, _ = shape_bound(tables)
         for cuts in itertools.combinations(range(1, n), pp - 1):
             split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
             for mode in ("none", "selective", "full"):
@@ -413,7 +413,7 @@ def test_busiest_device_bound_of_two_groups_never_exceeds_any_split(order: str,
     recomputation counts."""
     import random
 
-    from autopar.solver.search import _least_busiest_of_two, _least_recompute
+    from autopar.solver.bounds import _least_busiest_of_two, _least_recompute
     from autopar.solver.space import Shape
 
     gpt = SmallGPT()
@@ -478,14 +478,14 @@ def test_plan_is_the_optimum_on_a_heterogeneous_cluster(zero: int) -> None:
 
 @pytest.mark.parametrize("kind", ["one group", "A100 + H100"])
 def test_interleaved_bubble_bound_never_exceeds_any_split(kind: str) -> None:
-    """``_shape_bound(bubble=True)`` (the weighted-paths certificate of ``bubble.py``; on two
+    """``shape_bound(bubble=True)`` (the weighted-paths certificate of ``bubble.py``; on two
     node groups, weights the LP picks for the groups' own costs) against ``estimate()`` of
     every contiguous split of sampled interleaved shapes of the small GPT, under uniform and
     random per-layer recomputation that fits. It is tight enough that the bound inflated by
     1.3 would fail."""
     import random
 
-    from autopar.solver.search import _shape_bound
+    from autopar.solver.bounds import shape_bound
     from autopar.solver.space import Shape
 
     gpt = SmallGPT()
@@ -502,8 +502,8 @@ def test_interleaved_bubble_bound_never_exceeds_any_split(kind: str) -> None:
         gbs = dp * mbs * pp * rounds
         shape = Shape(tp, pp, 1, dp, zero, tp > 1, "interleaved", v, mbs)
         tables = gpt.tables(shape, cluster, gbs, costs={})
-        bound, _ = _shape_bound(tables, bubble=True)
-        raised += bound > _shape_bound(tables)[0]
+        bound, _ = shape_bound(tables, bubble=True)
+        raised += bound > shape_bound(tables)[0]
         patterns = [(m,) * n for m in ("none", "selective", "full")]
         patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
                      for _ in range(2)]
@@ -715,7 +715,7 @@ def test_recomputation_on_two_groups_is_priced_at_each_groups_own_extra() -> Non
     at most 13 s. Found by review."""
     from types import SimpleNamespace
 
-    from autopar.solver.search import _extra_options, _least_busiest_of_two
+    from autopar.solver.bounds import _extra_options, _least_busiest_of_two
 
     class Figures:
         def __init__(self, work: dict[str, float]) -> None:
