@@ -106,3 +106,31 @@ def test_work_bound_never_exceeds_a_plan_and_grows_as_nodes_go(order: str) -> No
                 assert value <= e.step_time * (1 + 1e-9), (sub.name, config)
                 closest = min(closest, e.step_time / value)
     assert closest < 1.3
+
+
+def test_work_bound_covers_every_tensor_parallel_degree_without_attention() -> None:
+    """Without attention heads any tp may run, so the bound takes every tp up to the devices
+    (it took tp 1 alone before review): it is at most ``estimate()`` of every tp on one and
+    two nodes of an MLP."""
+    import torch
+
+    from autopar.tracing import trace
+    from tests.models import mlp
+
+    graph = trace(mlp(), (torch.zeros(64, 32),))
+    cluster = Cluster.from_profile("dgx-a100", nodes=2)
+    bound = WorkBound(graph, cluster, Constraints(), global_batch_size=64, precision="bf16")
+    assert {tp for tp, *_ in bound.settings} == set(range(1, cluster.world_size + 1))
+    checked = 0
+    for nodes in (1, 2):
+        world = 8 * nodes
+        value = bound.of((nodes,))
+        for tp, mbs in itertools.product((1, 2, 4, 8, 16), (1, 2, 4)):
+            if world % tp:
+                continue
+            e = estimate(graph, Cluster.from_profile("dgx-a100", nodes=nodes),
+                         ParallelConfig(dp=world // tp, tp=tp, micro_batch_size=mbs),
+                         global_batch_size=64)
+            assert value <= e.step_time * (1 + 1e-9), (nodes, tp, mbs)
+            checked += 1
+    assert checked >= 20

@@ -50,6 +50,22 @@ def _work(t: ShapeTables) -> tuple[float, float, float]:
     return work, chain, optimizer
 
 
+def mode_work(t: ShapeTables, group: NodeGroup) -> list[list[float]]:
+    """Per class, per allowed mode: forward + backward of one layer on ``group`` per
+    micro-batch (seconds), shared by every shape with the same tp, sp, cp and micro-batch."""
+    s = t.shape
+    key = ("mode work", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, id(group))
+    if key not in t.costs:
+        t.costs[key] = [[f.forward(mode) + f.backward(mode) for mode in t.modes]
+                        for f in t.base(group)]
+    return t.costs[key]  # type: ignore[return-value]
+
+
+def least_work(t: ShapeTables, group: NodeGroup) -> list[float]:
+    """Per class: one layer's work on ``group`` at its cheapest allowed mode."""
+    return [min(row) for row in mode_work(t, group)]
+
+
 def _options(t: ShapeTables) -> list[list[tuple[float, float]]]:
     """Per class, per allowed mode: the least over the stages' node groups of its work
     (forward + backward) and of its chain (forward + half the backward), seconds."""
@@ -59,12 +75,13 @@ def _options(t: ShapeTables) -> list[list[tuple[float, float]]]:
            tuple(id(g) for g in groups))
     if key not in t.costs:
         figures = [t.base(g) for g in groups]
+        works = [mode_work(t, g) for g in groups]
         options = []
         for cls in range(len(t.classes.size)):
             options.append([
-                (min(f[cls].forward(mode) + f[cls].backward(mode) for f in figures),
+                (min(w[cls][j] for w in works),
                  min(f[cls].forward(mode) + f[cls].backward(mode) / 2 for f in figures))
-                for mode in t.modes])
+                for j, mode in enumerate(t.modes)])
         t.costs[key] = options
     return t.costs[key]  # type: ignore[return-value]
 
@@ -274,8 +291,7 @@ def _least_busiest_of_two(t: ShapeTables, recompute: float = 0.0) -> float:
            recompute)
     if key not in t.costs:
         stages = [sum(1 for g in t.groups if g is group) for group in groups]
-        per_group = [[min(f.forward(mode) + f.backward(mode) for mode in t.modes)
-                      for f in t.base(group)] + [recompute] for group in groups]
+        per_group = [least_work(t, group) + [recompute] for group in groups]
         sizes = [*t.classes.size, 1]
         classes = sorted(range(len(sizes)), key=lambda c: (
             per_group[0][c] / per_group[1][c] if per_group[1][c] > 0 else math.inf, c))
@@ -426,11 +442,10 @@ def _activation_trade(t: ShapeTables, *, own: bool = False
 def _extra_options(t: ShapeTables) -> list[list[tuple[float, float]]]:
     """Per class, per allowed mode (``_options``' layout, work only): the least over the
     stages' node groups of its work there beyond that group's fastest mode."""
-    per_group = [t.base(g) for g in t.distinct_groups]
+    per_group = [mode_work(t, g) for g in t.distinct_groups]
     options = []
     for c in range(len(t.classes.size)):
-        works = [[f[c].forward(mode) + f[c].backward(mode) for mode in t.modes]
-                 for f in per_group]
+        works = [w[c] for w in per_group]
         options.append([(min(w[j] - min(w) for w in works), 0.0)
                         for j in range(len(t.modes))])
     return options

@@ -59,10 +59,6 @@ class Certificate:
                 kept.append((a, b))
         return tuple(kept)
 
-    def least(self, forward: float, backward: float) -> float:
-        """The least weighted cost of a layer of that forward and backward, in any chunk."""
-        return min(a * forward + b * backward for a, b in self.pairs)
-
     def weighted(self, costs: list[list[list[tuple[float, float]]]], sizes: list[int]
                  ) -> tuple[float, bool]:
         """The least of ``sum_k alpha_k F_k + beta_k B_k`` over every split, with

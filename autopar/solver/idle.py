@@ -28,11 +28,9 @@ from autopar.estimate import layer_cost
 from autopar.layer_profiles import layer_profiles
 from autopar.solver.constraints import Constraints
 from autopar.solver.search import Progress, SearchResult, SearchStats, search
+from autopar.solver.space import divisors, pinned
+from autopar.solver.tables import LayerClasses
 from autopar.tracing import ModelGraph
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 class WorkBound:
@@ -42,52 +40,56 @@ class WorkBound:
     def __init__(self, graph: ModelGraph, cluster: Cluster, constraints: Constraints, *,
                  global_batch_size: int, precision: str) -> None:
         self.graph = graph
-        self.profiles = layer_profiles(graph)
+        self.cluster = cluster
         self.global_batch_size = global_batch_size
         self.precision = precision
+        self.profiles = layer_profiles(graph)
+        # Interchangeable layers cost the same: each class is costed once, by its first layer.
+        self.classes = LayerClasses(graph, self.profiles)
         c = constraints
         heads = [p.max_heads for p in self.profiles if p.max_heads]
         head_gcd = math.gcd(*heads) if heads else 1
         world = cluster.world_size
         self.settings: list[tuple[int, int, int, bool]] = []
-        for tp in _divisors(min(head_gcd, world)):
-            if (c.tp is not None and tp != c.tp) or (c.max_tp and tp > c.max_tp):
+        # Every tp a plan on some of the nodes may use: it divides the heads (any tp without
+        # attention) and that cluster's devices, which are at most ``world``.
+        for tp in pinned(c.tp, list(range(1, world + 1))):
+            if (c.max_tp and tp > c.max_tp) or (heads and head_gcd % tp):
                 continue
-            for cp in _divisors(graph.seq_len) if heads else [1]:
-                if (c.cp is not None and cp != c.cp) or tp * cp > world:
+            for cp in pinned(c.cp, divisors(graph.seq_len) if heads else [1]):
+                if tp * cp > world:
                     continue
-                for mbs in _divisors(global_batch_size):
-                    if c.micro_batch_size is not None and mbs != c.micro_batch_size:
-                        continue
+                for mbs in pinned(c.micro_batch_size, divisors(global_batch_size)):
                     for sp in ([False, True] if tp > 1 else [False]):
                         if c.sequence_parallel is None or sp == c.sequence_parallel:
                             self.settings.append((tp, cp, mbs, sp))
-        self.cluster = cluster
         self._per_group: dict[int, list[float]] = {}
 
-    def _layers(self, g: int) -> list[float]:
-        """Per layer, the least device-seconds per sample on the cluster's group ``g`` (a
-        layer's cost does not depend on how many nodes its group has)."""
+    def _per_sample(self, g: int) -> list[float]:
+        """Per class, the least device-seconds per sample of one of its layers on the
+        cluster's group ``g`` (a layer's cost does not depend on how many nodes its group
+        has)."""
+        if g in self._per_group:
+            return self._per_group[g]
         group = self.cluster.groups[g]
-        if g not in self._per_group:
-            least = [math.inf] * len(self.profiles)
-            for tp, cp, mbs, sp in self.settings:
-                try:
-                    config = ParallelConfig(tp=tp, cp=cp, micro_batch_size=mbs,
-                                            sequence_parallel=sp)
-                except ConfigError:
-                    continue
-                for i, profile in enumerate(self.profiles):
-                    cost = layer_cost(profile, config, group, self.precision,
-                                      self.graph.seq_len)
-                    least[i] = min(least[i], tp * cp * (cost.forward + cost.backward) / mbs)
-            self._per_group[g] = least
-        return self._per_group[g]
+        least = [math.inf] * len(self.classes.representative)
+        for tp, cp, mbs, sp in self.settings:
+            try:
+                config = ParallelConfig(tp=tp, cp=cp, micro_batch_size=mbs, sequence_parallel=sp)
+            except ConfigError:
+                continue
+            for c, i in enumerate(self.classes.representative):
+                cost = layer_cost(self.profiles[i], config, group, self.precision,
+                                  self.graph.seq_len)
+                least[c] = min(least[c], tp * cp * (cost.forward + cost.backward) / mbs)
+        self._per_group[g] = least
+        return least
 
     def of(self, counts: tuple[int, ...]) -> float:
         """No plan on ``counts[g]`` nodes of each group ``g`` has a shorter step (seconds)."""
-        per_group = [self._layers(g) for g, n in enumerate(counts) if n]
-        per_sample = sum(min(column) for column in zip(*per_group, strict=True))
+        per_group = [self._per_sample(g) for g, n in enumerate(counts) if n]
+        per_sample = sum(size * min(column) for size, column in
+                         zip(self.classes.size, zip(*per_group, strict=True), strict=True))
         devices = sum(n * group.devices_per_node
                       for n, group in zip(counts, self.cluster.groups, strict=True))
         return self.global_batch_size * per_sample / devices

@@ -27,7 +27,13 @@ from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import Estimate, estimate, repeated_blocks
 from autopar.layer_profiles import layer_profiles
 from autopar.solver import pp2
-from autopar.solver.bounds import ROUNDING, family_bound, has_bubble_bound, shape_bound
+from autopar.solver.bounds import (
+    ROUNDING,
+    family_bound,
+    has_bubble_bound,
+    least_work,
+    shape_bound,
+)
 from autopar.solver.constraints import Constraints
 from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
 from autopar.solver.stage_model import Candidate, StageModel
@@ -251,7 +257,8 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                             num_layers=num_layers):
             if not megatron(shape, zero):
                 continue
-            bound, fits = shape_bound(tables(shape))
+            t = tables(shape)
+            bound, fits = shape_bound(t)
             best = min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
                 _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
@@ -259,7 +266,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                 if len(cluster.groups) > 1:
                     _try_uniform(shape, graph, cluster, constraints, global_batch_size,
                                  precision, optimizer, stats, per_shape,
-                                 split=_speed_split(tables(shape)))
+                                 split=_speed_split(t))
                 found = found or shape in per_shape
         return found
 
@@ -303,8 +310,8 @@ def _speed_split(t: ShapeTables) -> tuple[int, ...]:
     the whole model's least work on it), rounded by largest remainder with a layer at least
     in each: what a person gives the faster devices of a heterogeneous cluster."""
     n, k, p = len(t.layer_class), t.chunks, t.shape.pp
-    work = {id(g): sum(size * min(f.forward(mode) + f.backward(mode) for mode in t.modes)
-                       for size, f in zip(t.classes.size, t.base(g), strict=True))
+    work = {id(g): sum(size * w for size, w in zip(t.classes.size, least_work(t, g),
+                                                     strict=True))
             for g in t.distinct_groups}
     speed = [1 / work[id(t.groups[c % p])] for c in range(k)]
     share = [n * x / sum(speed) for x in speed]

@@ -45,11 +45,13 @@ class Shape:
         return global_batch_size // (self.dp * self.micro_batch_size)
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
+    """Every divisor of ``n``, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _pinned(value: int | None, options: list[int]) -> list[int]:
+def pinned(value: int | None, options: list[int]) -> list[int]:
+    """``options``, or only ``value`` among them where a constraint pins it."""
     return [o for o in options if value is None or o == value]
 
 
@@ -76,21 +78,21 @@ def degrees(cluster: Cluster, constraints: Constraints, *, global_batch_size: in
     c = constraints
     world = cluster.world_size
     head_gcd = math.gcd(*heads) if heads else 0
-    for tp in _pinned(c.tp, _divisors(world)):
+    for tp in pinned(c.tp, divisors(world)):
         if (c.max_tp and tp > c.max_tp) or (head_gcd and head_gcd % tp):
             continue
-        for cp in _pinned(c.cp, _divisors(world // tp)):
+        for cp in pinned(c.cp, divisors(world // tp)):
             # Context parallelism is costed by its ring exchange of attention K/V: without
             # attention found in the trace there is nothing to cost it by.
             if seq_len % cp or (cp > 1 and not heads):
                 continue
-            for pp in _pinned(c.pp, _divisors(world // (tp * cp))):
+            for pp in pinned(c.pp, divisors(world // (tp * cp))):
                 dp = world // (tp * cp * pp)
                 if pp > num_layers or (c.dp is not None and dp != c.dp):
                     continue
                 if global_batch_size % dp or not _stages_fit(cluster, tp, cp, dp, pp):
                     continue
-                for mbs in _pinned(c.micro_batch_size, _divisors(global_batch_size // dp)):
+                for mbs in pinned(c.micro_batch_size, divisors(global_batch_size // dp)):
                     yield Degrees(tp, pp, cp, dp, mbs)
 
 
@@ -113,7 +115,7 @@ def representatives(d: Degrees, constraints: Constraints, *, global_batch_size: 
     c = constraints
     m = global_batch_size // (d.dp * d.micro_batch_size)
     schedule = next(_schedules(c, d.pp, m, num_layers), None)
-    zeros = _pinned(c.zero_stage, [0, 1, 2, 3] if d.dp * d.cp > 1 else [0])
+    zeros = pinned(c.zero_stage, [0, 1, 2, 3] if d.dp * d.cp > 1 else [0])
     if schedule is None or not zeros:
         return []
     sps = [sp for sp in ([False, True] if d.tp > 1 else [False])
@@ -126,7 +128,7 @@ def _variants(c: Constraints, tp: int, pp: int, cp: int, dp: int, mbs: int, m: i
               num_layers: int) -> Iterator[Shape]:
     zeros = [0, 1, 2, 3] if dp * cp > 1 else [0]
     sps = [False, True] if tp > 1 else [False]
-    for zero in _pinned(c.zero_stage, zeros):
+    for zero in pinned(c.zero_stage, zeros):
         for sp in sps:
             if c.sequence_parallel is not None and sp != c.sequence_parallel:
                 continue
