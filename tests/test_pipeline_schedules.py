@@ -255,3 +255,30 @@ def test_fixed_order_schedules_equal_the_event_simulation_to_the_bit() -> None:
         step, busy = _Simulation(stages, orders, False).run()
         assert r.step_time == step and r.bubble_time == step - max(busy)
         assert r.in_flight == [_peak_activations(o) for o in orders]
+
+
+def test_zero_bubble_equals_the_event_simulation_to_the_bit() -> None:
+    """``simulate`` runs zero-bubble with its own loop (finish times in lists, choices
+    inline): step time and busy times are exactly the general event simulation's, including
+    weight gradients that exactly fit a gap, free ones, sends and single-stage pipelines."""
+    import random
+
+    from autopar.cost_models.pipeline import _orders, _Simulation
+
+    rng = random.Random(5)
+    for _ in range(600):
+        p, m = rng.randint(1, 8), rng.randint(1, 16)
+
+        def cost() -> float:
+            # Mostly small integers, so that weight gradients often fit a gap exactly.
+            return rng.choice([0.0, 1.0, 1.0, 2.0, 3.0, rng.random(), 3 * rng.random()])
+
+        stages = []
+        for _ in range(p):
+            forward, backward = cost(), cost()
+            weight = rng.choice([0.0, backward / 2, backward / 2, backward * rng.random(),
+                                 backward])
+            stages.append(StageCost(forward, backward, weight, rng.choice([0.0, 0.0, cost()])))
+        r = simulate(stages, m, "zero_bubble")
+        step, busy = _Simulation(stages, _orders("zero_bubble", p, m, 1), True).run()
+        assert r.step_time == step and r.bubble_time == step - max(busy)
