@@ -158,6 +158,8 @@ class SplitSearch:
         self.lower = 0.0
         """Largest weighted-paths bound: no split's value is below it."""
         self.last_bound = 0.0
+        self.stalled = False
+        """Never: each call resumes where the last stopped (``StageModel.stalled``)."""
         self.steps = 0
         self.nodes = 0
         self.leaves = 0

@@ -145,9 +145,11 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     twins: dict[tuple, Twins] = {}
     twin_of: dict[Shape, Twins] = {}
     sharpened: set[Shape] = set()
+    stalled: set[Shape] = set()
     stopped_at: float | None = None
+    fresh_next = False
     while heap:
-        bound, _, item, t = heapq.heappop(heap)
+        bound, _, item, t = _pop(heap, stalled if fresh_next else set(), _limit(best, incumbent))
         if bound >= _limit(best, incumbent):
             heapq.heappush(heap, (bound, _order(item), item, t))
             break
@@ -198,6 +200,10 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         if resume is not None:
             # Not done: back on the heap at the bound of what it has left to propose.
             heapq.heappush(heap, (max(bound, resume), _order(item), item, t))
+        # A shape whose model ran out of its slice unanswered is not visited again before
+        # something else is (``_pop``).
+        fresh_next = twin.model.stalled
+        (stalled.add if fresh_next else stalled.discard)(item)
         found = min((per_shape[s] for s in twin.shapes if s in per_shape), key=_key,
                     default=None)
         if found is not None and (best is None or _key(found) < _key(best)):
@@ -215,6 +221,26 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     memory_need.sort(key=lambda x: (x[0], x[1]))
     lean = [tables(shape) for _, shape in memory_need[:LEAN_SHAPES]]
     return SearchResult(best, others[:runners_up], stats, lean)
+
+
+def _pop(heap: list, stalled: set[Shape], limit: float) -> tuple:
+    """The heap's least entry, or, if that is a ``stalled`` shape, the least entry below
+    ``limit`` that is not (the stalled ones stay on the heap): after a stalled visit, the next
+    goes to a shape or family that can make progress, so that one model slow to solve cannot
+    take the whole time limit. Only the order of visits changes; what the search proves
+    does not."""
+    aside = []
+    while heap and heap[0][0] < limit and isinstance(heap[0][2], Shape) \
+            and heap[0][2] in stalled:
+        aside.append(heapq.heappop(heap))
+    if heap and heap[0][0] < limit or not aside:
+        entry = heapq.heappop(heap)
+        for other in aside:
+            heapq.heappush(heap, other)
+        return entry
+    for other in aside[1:]:
+        heapq.heappush(heap, other)
+    return aside[0]
 
 
 def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],

@@ -38,6 +38,14 @@ CUTS_PER_SOLVE = 16
 """Re-solves one ``solve`` call may make after cuts before it hands back (the shape then goes
 back on the search's heap at its raised bound)."""
 
+FIRST_SLICE = 1.0
+"""CP-SAT's deterministic time (its own machine-independent seconds) for a shape's first
+solve. A solve that runs out of it hands back unanswered with the bound it proved (the shape
+goes back on the search's heap, other shapes get their turn) and the next one gets twice as
+much: CP-SAT cannot resume, so doubling keeps the time lost to restarts below the time used,
+and a model that needs long is still solved. Deterministic, unlike a wall-clock slice, so a
+search without a time limit visits the same shapes in the same order on every run."""
+
 Expr = Any
 """A CP-SAT linear expression or a plain int (OR-Tools' own stubs cannot express the mix)."""
 
@@ -72,8 +80,11 @@ class StageModel:
         self._decisions: list[Expr] = []
         self._exhausted = False
         self.last_bound = 0.0
-        self._paths: set[Path] = set()
         """Bound of the last candidate: every later one has at least this bound (seconds)."""
+        self.slice = FIRST_SLICE
+        self.stalled = False
+        """Whether the last ``solve`` ran out of its slice without an answer."""
+        self._paths: set[Path] = set()
         classes = tables.layer_class
         num_layers, k_chunks = len(classes), tables.chunks
         num_classes = len(tables.representative)
@@ -300,7 +311,12 @@ class StageModel:
         Each solution's critical path through the schedule (``paths``) is added as a cut: a
         lower bound on the pipeline of every split. Where it shows the solution's own bound
         was short by enough that it cannot beat ``below``, the model is solved again.
+
+        Each CP-SAT solve runs at most ``slice`` deterministic seconds (``FIRST_SLICE``); one
+        that runs out returns unanswered (``stalled``), with the bound it proved kept in
+        ``last_bound``, and doubles the slice.
         """
+        self.stalled = False
         if self._exhausted:
             return None, True
         if below is not None:
@@ -311,6 +327,7 @@ class StageModel:
             solver = cp_model.CpSolver()
             solver.parameters.num_workers = 1
             solver.parameters.random_seed = 0
+            solver.parameters.max_deterministic_time = self.slice
             if time_limit_s is not None:
                 left = time_limit_s - (time.perf_counter() - start)
                 if left <= 0:
@@ -320,6 +337,14 @@ class StageModel:
             if status == cp_model.INFEASIBLE:
                 return None, True
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                # Out of time: what it proved still holds for every split not yet proposed
+                # (those at or above ``below`` are ruled out by the model's constraint).
+                proved = solver.best_objective_bound / NS
+                if math.isfinite(proved):
+                    self.last_bound = max(self.last_bound, proved if below is None
+                                          else min(proved, below))
+                self.slice *= 2
+                self.stalled = True
                 return None, False
             # No later solution has a smaller objective than this one's bound.
             self.last_bound = max(self.last_bound, solver.best_objective_bound / NS)
