@@ -347,6 +347,49 @@ def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
     assert checked > 1000
 
 
+@pytest.mark.parametrize("kind", ["one group", "A100 + H100"])
+def test_whole_layer_fill_never_exceeds_any_split(kind: str) -> None:
+    """``shape_bound(bubble=True)`` for one stage per device (the whole-layer fill of
+    ``_whole_layer_fill``) against ``estimate()`` of every contiguous split under uniform and
+    random recomputation, GPipe, 1F1B and zero-bubble at pp 2 to 8 (8 stages of the small
+    GPT's 8 layers: one each, the case it is for); it is above the plain bound somewhere, and
+    ×1.05 it would exceed some split."""
+    import random
+
+    from autopar.solver.bounds import has_bubble_bound, shape_bound
+    from autopar.solver.space import Shape
+
+    gpt = SmallGPT()
+    n = gpt.n
+    rng = random.Random(11)
+    checked, raised, closest = 0, 0, math.inf
+    for order in (("one",) if kind == "one group" else ("ah", "ha")):
+        cluster = (tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0) if order == "one"
+                   else _mixed(order, 3.0))
+        devices = cluster.world_size
+        costs: dict[tuple, object] = {}
+        for tp, pp, zero, schedule, mbs in itertools.product(
+                (1, 2), (2, 4, 8), (1, 3), ("gpipe", "1f1b", "zero_bubble"), (1, 2)):
+            dp = devices // (tp * pp)
+            if dp < 1 or 16 % (dp * mbs):
+                continue
+            shape = Shape(tp, pp, 1, dp, zero, tp > 1, schedule, 1, mbs)
+            tables = gpt.tables(shape, cluster, 16, costs)
+            assert has_bubble_bound(tables)
+            plain, _ = shape_bound(tables)
+            bound, _ = shape_bound(tables, bubble=True)
+            raised += bound > plain
+            patterns = [(m,) * n for m in ("none", "selective", "full")]
+            patterns += [tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
+                         for _ in range(3)]
+            for split, modes, e in gpt.fitting_estimates(shape, cluster, 16, patterns):
+                assert bound <= e.step_time, (order, shape, split, modes, bound, e.step_time)
+                closest = min(closest, e.step_time / bound)
+                checked += 1
+    assert checked > 300 and raised > 0
+    assert closest < 1.05
+
+
 def test_interleaved_sends_bound_the_simulated_step() -> None:
     """The interleaved schedule's step is at least m/p of all the work plus
     ``interleaved_sends`` least sends, whatever the chunks cost (random cases)."""
@@ -577,6 +620,71 @@ def test_bubble_certificate_bounds_the_simulated_step() -> None:
         bound = sum(cert.alpha[k] * s.forward + cert.beta[k] * s.backward
                     for k, s in enumerate(stages)) + cert.sends * least
         assert bound <= simulate(stages, m, "interleaved", v).step_time * (1 + 1e-12)
+
+
+def test_contiguous_weighted_paths_and_weights_fitted_to_splits() -> None:
+    """``Certificate.contiguous`` is the least weighted cost over every split of the layers
+    into chunks of one layer at least (brute force), attained by the split it returns;
+    ``fitted_to_splits`` never bounds below its start, never above the least simulated step
+    of any split (so it is valid), and bounds more somewhere where chunks hold one layer."""
+    import random
+
+    from autopar.cost_models.pipeline import StageCost, simulate
+
+    from autopar.solver.bubble import certificate, evaluate, fitted_to_splits
+
+    rng = random.Random(4)
+    gained = 0
+    for trial in range(120):
+        p, v = rng.choice(((2, 2), (2, 3), (3, 2), (4, 2)))
+        k_chunks = p * v
+        n = k_chunks + rng.randint(0, 2)
+        m = p * rng.randint(1, 3)
+        classes = rng.randint(1, 3)
+        layer_class = [rng.randrange(classes) for _ in range(n)]
+        modes = [[(rng.uniform(0.2, 1), rng.uniform(0.4, 2)) for _ in range(2)]
+                 for _ in range(classes)]
+        costs = [[modes[c]] * k_chunks for c in range(classes)]
+        send = rng.uniform(0, 0.05)
+        splits = [tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+                  for cuts in itertools.combinations(range(1, n), k_chunks - 1)]
+        if trial % 2:
+            cert = evaluate(p, v, m, [rng.random() for _ in range(p)],
+                            [[rng.random() for _ in range(v)] for _ in range(p)],
+                            [[rng.random() for _ in range(v)] for _ in range(p)])
+        else:
+            cert = certificate(p, v, m)
+
+        def weighted(split: tuple[int, ...], cert: Any = cert,
+                     layer_class: list[int] = layer_class, modes: Any = modes) -> float:
+            total, first = 0.0, 0
+            for k, size in enumerate(split):
+                total += sum(min(cert.alpha[k] * f + cert.beta[k] * b for f, b in modes[c])
+                             for c in layer_class[first:first + size])
+                first += size
+            return total
+
+        least, _, split = cert.contiguous(costs, layer_class)
+        assert least == pytest.approx(min(map(weighted, splits)), rel=1e-12)
+        assert weighted(split) == pytest.approx(least, rel=1e-12)
+
+        start = certificate(p, v, m)
+        fitted = fitted_to_splits(p, v, m, costs, layer_class, send, start)
+        before = start.contiguous(costs, layer_class)[0] + start.sends * send
+        after = fitted.contiguous(costs, layer_class)[0] + fitted.sends * send
+        fastest = [min(mc, key=sum) for mc in modes]
+        steps = []
+        for split in splits:
+            stages, first = [], 0
+            for size in split:
+                chunk = layer_class[first:first + size]
+                stages.append(StageCost(sum(fastest[c][0] for c in chunk),
+                                        sum(fastest[c][1] for c in chunk), send=send))
+                first += size
+            steps.append(simulate(stages, m, "interleaved", v).step_time)
+        assert before * (1 - 1e-12) <= after <= min(steps) * (1 + 1e-12)
+        gained += after > before * (1 + 1e-6)
+    assert gained > 0
 
 
 def test_interleaved_paths_bound_the_simulated_step() -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from typing import cast
 
+import numpy as np
 from autopar.cost_models.memory import FRAGMENTATION, FRAMEWORK_BYTES
 
 from autopar.cluster import NodeGroup
-from autopar.solver.bubble import certificate, certificate_for
+from autopar.solver.bubble import certificate, certificate_for, fitted_to_splits
 from autopar.solver.tables import ShapeTables
 
 ROUNDING = 1e-9
@@ -129,7 +130,8 @@ def shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
         pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
                    * _least_send(t))
     if bubble and has_bubble_bound(t):
-        pipe = max(pipe, _interleaved_bubble(t, extra))
+        pipe = max(pipe, _interleaved_bubble(t, extra) if shape.virtual_stages > 1
+                   else _whole_layer_fill(t))
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
         # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
@@ -172,15 +174,57 @@ def interleaved_sends(p: int, v: int, m: int) -> float:
 
 
 def has_bubble_bound(t: ShapeTables) -> bool:
-    """Whether ``_interleaved_bubble`` applies: interleaved chunks."""
-    return t.shape.schedule == "interleaved" and t.shape.virtual_stages > 1
+    """Whether ``shape_bound(bubble=True)`` adds a term: ``_interleaved_bubble`` for
+    interleaved chunks, ``_whole_layer_fill`` for one stage per device."""
+    return t.shape.pp > 1
+
+
+def _whole_layer_fill(t: ShapeTables) -> float:
+    """Least pipeline time over every split of whole layers into one stage per device, by
+    the paths that run the first micro-batch's forward through stages ``0 .. d-1`` (for
+    GPipe and 1F1B, also the last one's backward back through them), with a send at each
+    boundary, and all of device ``d``'s operations, which start with that forward: at least
+    ``m Y_d + sum_{k<d} fill_k + d c`` for every d.
+
+    Each layer's own work ``Y`` is its least (forward + backward) over the allowed modes on
+    the device's group, its ``fill`` the least over groups and modes of its forward
+    (zero-bubble, whose weight gradients need not follow) or forward + backward, and ``c``
+    the least send (twice for the drain). The least over splits of the largest of these is a
+    dynamic program over (stage, first layer); it is exact for these figures, so with many
+    stages and few layers each (every stage holds one layer at least) it sees what the
+    fractional split of ``shape_bound`` cannot: on Llama-3-405B at pp 128 the stages are
+    one layer each and the fill is the forward of 127 of them."""
+    s = t.shape
+    p, m, zero_bubble = s.pp, t.micro_batches, s.schedule == "zero_bubble"
+    key = ("whole-layer fill", t.signature)  # all it reads; shared by twins
+    if key not in t.costs:
+        classes = t.layer_class
+        n = len(classes)
+        fill = [min(f[c].forward(mode) + (0.0 if zero_bubble else f[c].backward(mode))
+                    for f in (t.base(g) for g in t.distinct_groups) for mode in t.modes)
+                for c in range(len(t.classes.size))]
+        fill_before = np.concatenate(([0.0], np.cumsum([fill[c] for c in classes])))
+        send = _least_send(t) * (1 if zero_bubble else 2)
+        later = np.full(n + 1, math.inf)  # least over the stages after d, by first layer
+        later[n] = 0.0
+        first, last = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+        for d in range(p - 1, -1, -1):
+            own = least_work(t, t.groups[d])
+            work_before = np.concatenate(([0.0], np.cumsum([own[c] for c in classes])))
+            stage = (m * (work_before[None, :] - work_before[:, None])
+                     + fill_before[:, None] + d * send)
+            allowed = (last > first) & (last <= n - (p - 1 - d))
+            later = np.where(allowed, np.maximum(stage, later[None, :]), math.inf).min(axis=1)
+        t.costs[key] = float(later[0])
+    return t.costs[key]  # type: ignore[return-value]
 
 
 def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
     """Least pipeline time of an interleaved shape over every split: the weighted paths of
-    ``bubble.py``, ``sum_k alpha_k F_k + beta_k B_k + sends s``, with each layer at its least
-    weighted cost over the chunks, at the costs of each chunk's node group (so whatever chunk
-    the split puts it in), and ``recompute`` (the least recomputation that lets activations
+    ``bubble.py``, ``sum_k alpha_k F_k + beta_k B_k + sends s``, least over every split of the
+    layers into chunks of one layer at least (``Certificate.contiguous``), each layer at its
+    least weighted cost over the modes, at the costs of its chunk's node group, and
+    ``recompute`` (the least recomputation that lets activations
     fit, beyond each class's fastest mode) at the least coefficient of any chunk, where every
     allowed mode costs at least the fastest one both forward and backward. On one node group
     the weights are those of ``certificate`` (per (p, v, m)); on several, the LP picks them
@@ -188,8 +232,7 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
     more."""
     s = t.shape
     m, p, k_chunks = t.micro_batches, s.pp, t.chunks
-    key = ("bubble", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, p,
-           s.virtual_stages, m)
+    key = ("bubble", t.signature)  # all it reads; shared by twins
     if key not in t.costs:
         figures = [t.base(t.groups[k % p]) for k in range(k_chunks)]
         costs = [[[(f[c].forward(mode), f[c].backward(mode)) for mode in t.modes]
@@ -199,7 +242,14 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
         else:
             cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
                                    _least_send(t))
-        total, dominated = cert.weighted(costs, list(t.classes.size))
+        if len(t.layer_class) - k_chunks <= k_chunks // 4:
+            # Three chunks in four hold one layer at least as large as any: the fill runs
+            # through whole layers, and weights fitted to the splits bound far more (on
+            # Llama-3-405B, 4.49 -> 4.66 s at 32 x 4 chunks). With more layers per chunk they
+            # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
+            cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class,
+                                    _least_send(t), cert)
+        total, dominated, _ = cert.contiguous(costs, t.layer_class)
         least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
         t.costs[key] = (total, least_coefficient, cert.sends)
     weighted, coefficient, sends = cast(tuple[float, float, float], t.costs[key])

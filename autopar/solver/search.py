@@ -145,7 +145,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     twins: dict[tuple, Twins] = {}
     twin_of: dict[Shape, Twins] = {}
     sharpened: set[Shape] = set()
-    stalled: set[Shape] = set()
+    stalled: set[tuple] = set()  # signatures whose model ran out of its slice last time
     stopped_at: float | None = None
     fresh_next = False
     while heap:
@@ -179,12 +179,14 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
                 continue
         if item not in twin_of:
             stats.solved += 1
-            if item not in per_shape:  # else the first plans costed it already
-                _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
-                             optimizer, stats, per_shape)
             # Shapes with one signature share one model (twins.py); a shape that joins late
             # first costs what the model proposed before it came.
             twin = twins.get(t.signature)
+            if item not in per_shape and twin is None:
+                # Else the first plans costed it already, or it joins a model that has
+                # already bounded every split of its signature.
+                _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
+                             optimizer, stats, per_shape)
             if twin is None:
                 twin = twins[t.signature] = Twins.of(t)
                 stats.models += 1
@@ -203,7 +205,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
         # A shape whose model ran out of its slice unanswered is not visited again before
         # something else is (``_pop``).
         fresh_next = twin.model.stalled
-        (stalled.add if fresh_next else stalled.discard)(item)
+        (stalled.add if fresh_next else stalled.discard)(t.signature)
         found = min((per_shape[s] for s in twin.shapes if s in per_shape), key=_key,
                     default=None)
         if found is not None and (best is None or _key(found) < _key(best)):
@@ -223,15 +225,15 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     return SearchResult(best, others[:runners_up], stats, lean)
 
 
-def _pop(heap: list, stalled: set[Shape], limit: float) -> tuple:
-    """The heap's least entry, or, if that is a ``stalled`` shape, the least entry below
-    ``limit`` that is not (the stalled ones stay on the heap): after a stalled visit, the next
-    goes to a shape or family that can make progress, so that one model slow to solve cannot
-    take the whole time limit. Only the order of visits changes; what the search proves
-    does not."""
+def _pop(heap: list, stalled: set[tuple], limit: float) -> tuple:
+    """The heap's least entry, or, if that is a shape whose model (shared by its twins, so
+    by signature) is ``stalled``, the least entry below ``limit`` that is not (the stalled
+    ones stay on the heap): after a stalled visit, the next goes to a shape or family that
+    can make progress, so that one model slow to solve cannot take the whole time limit.
+    Only the order of visits changes; what the search proves does not."""
     aside = []
-    while heap and heap[0][0] < limit and isinstance(heap[0][2], Shape) \
-            and heap[0][2] in stalled:
+    while heap and heap[0][0] < limit and heap[0][3] is not None \
+            and heap[0][3].signature in stalled:
         aside.append(heapq.heappop(heap))
     if heap and heap[0][0] < limit or not aside:
         entry = heapq.heappop(heap)
@@ -270,18 +272,20 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     folklore = [f for f in families if f.micro_batch_size == 1 and (
         f.pp == 1 or (f.cp in (1, 2) and f.tp in (node_tp, node_tp // 2)))]
 
-    def megatron(shape: Shape, zero: int) -> bool:
+    def megatron(shape: Shape, zero: int, schedules: tuple[str, ...]) -> bool:
         chunks = shape.pp * shape.virtual_stages
-        even = shape.schedule == "1f1b" or (shape.schedule == "interleaved"
-                                            and blocks % chunks == 0)
+        even = shape.schedule in schedules or (shape.schedule == "interleaved"
+                                               and blocks % chunks == 0)
         return even and shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage == zero
 
-    def cost_family(family: Degrees, zero: int) -> bool:
-        """Cost the family's Megatron-style configurations at ``zero``; whether any fitted."""
+    def cost_family(family: Degrees, zero: int, schedules: tuple[str, ...] = ("1f1b",)
+                    ) -> bool:
+        """Cost the family's Megatron-style configurations at ``zero`` (the even split, one
+        chunk per device for ``schedules``); whether any fitted."""
         found = False
         for shape in shapes(family, constraints, global_batch_size=global_batch_size,
                             num_layers=num_layers):
-            if not megatron(shape, zero):
+            if not megatron(shape, zero, schedules):
                 continue
             t = tables(shape)
             bound, fits = shape_bound(t)
@@ -304,8 +308,12 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     for family in families:
         if budget is not None and time.perf_counter() >= budget:
             return
-        if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1)):
-            cost_family(family, 3)
+        # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too:
+        # on deep pipelines it is often the better of the two.
+        both = ("1f1b", "zero_bubble")
+        if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1),
+                                                      both):
+            cost_family(family, 3, both)
 
 
 def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints: Constraints,

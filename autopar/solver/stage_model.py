@@ -38,7 +38,7 @@ CUTS_PER_SOLVE = 16
 """Re-solves one ``solve`` call may make after cuts before it hands back (the shape then goes
 back on the search's heap at its raised bound)."""
 
-FIRST_SLICE = 1.0
+FIRST_SLICE = 0.25
 """CP-SAT's deterministic time (its own machine-independent seconds) for a shape's first
 solve. A solve that runs out of it hands back unanswered with the bound it proved (the shape
 goes back on the search's heap, other shapes get their turn) and the next one gets twice as
@@ -312,9 +312,10 @@ class StageModel:
         lower bound on the pipeline of every split. Where it shows the solution's own bound
         was short by enough that it cannot beat ``below``, the model is solved again.
 
-        Each CP-SAT solve runs at most ``slice`` deterministic seconds (``FIRST_SLICE``); one
-        that runs out returns unanswered (``stalled``), with the bound it proved kept in
-        ``last_bound``, and doubles the slice.
+        The call's CP-SAT solves, re-solves included, run at most ``slice`` deterministic
+        seconds together (``FIRST_SLICE``); a call that runs out returns unanswered
+        (``stalled``), with the bound it proved kept in ``last_bound``, and doubles the slice.
+        A call whose re-solves were all cut off is ``stalled`` too (its cuts stay).
         """
         self.stalled = False
         if self._exhausted:
@@ -323,17 +324,23 @@ class StageModel:
             # The bound only tightens from call to call, so it stays in the model.
             self.model.add(sum(self._objective_parts) <= math.ceil(below * NS) - 1)
         start = time.perf_counter()
+        budget = self.slice  # deterministic seconds left to this call, re-solves included
         for _ in range(CUTS_PER_SOLVE):
+            if budget <= 0:
+                self.slice *= 2
+                self.stalled = True
+                return None, False
             solver = cp_model.CpSolver()
             solver.parameters.num_workers = 1
             solver.parameters.random_seed = 0
-            solver.parameters.max_deterministic_time = self.slice
+            solver.parameters.max_deterministic_time = budget
             if time_limit_s is not None:
                 left = time_limit_s - (time.perf_counter() - start)
                 if left <= 0:
                     return None, False
                 solver.parameters.max_time_in_seconds = max(0.01, left)
             status = solver.solve(self.model)
+            budget -= solver.deterministic_time
             if status == cp_model.INFEASIBLE:
                 return None, True
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -356,6 +363,7 @@ class StageModel:
             candidate = self._read(solver)
             self._exclude(solver)
             return candidate, status == cp_model.OPTIMAL
+        self.stalled = True  # every re-solve was cut off: no answer this time either
         return None, False
 
     def _cut(self, solver: cp_model.CpSolver) -> int:
