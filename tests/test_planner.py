@@ -161,6 +161,39 @@ def test_stage_models_cut_into_tiny_slices_give_the_same_optimum(
     assert plan.config == default.config
 
 
+def test_after_a_stalled_visit_the_shape_with_fewest_splits_goes_next() -> None:
+    """``search._pop``: the least entry, unless its model stalled; then the shape below the
+    limit with the fewest splits whose model did not (a family if no shape is left), the
+    heap kept whole."""
+    import heapq
+    from types import SimpleNamespace
+
+    from autopar.solver.search import _pop
+
+    def shape(name: str, layers: int, chunks: int) -> SimpleNamespace:
+        return SimpleNamespace(signature=(name,), layer_class=[0] * layers, chunks=chunks)
+
+    a, b, c, e = shape("a", 9, 2), shape("b", 20, 4), shape("c", 9, 8), shape("e", 4, 4)
+    entries = [(1.0, (1,), "A", a), (2.0, (1,), "B", b), (3.0, (1,), "C", c),
+               (2.5, (0,), "D", None), (9.0, (1,), "E", e)]
+
+    def heap() -> list:
+        h = list(entries)
+        heapq.heapify(h)
+        return h
+
+    h = heap()
+    assert _pop(h, set(), 5.0)[2] == "A"
+    h = heap()
+    assert _pop(h, {("a",)}, 5.0)[2] == "C"  # 8 splits, against b's 969; e is past the limit
+    assert sorted(x[2] for x in h) == ["A", "B", "D", "E"]
+    assert [heapq.heappop(h)[2] for _ in range(4)] == ["A", "B", "D", "E"]
+    h = heap()
+    assert _pop(h, {("a",), ("b",), ("c",)}, 5.0)[2] == "D"
+    h = heap()
+    assert _pop(h, {("a",), ("b",), ("c",)}, 2.0)[2] == "A"  # nothing else below the limit
+
+
 def test_plan_beats_every_uniform_configuration() -> None:
     """Every uniform configuration (degrees, ZeRO, sp, schedule, virtual stages, micro-batch,
     one recomputation mode for all layers, Megatron's even split) through estimate()."""

@@ -226,23 +226,30 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
 
 
 def _pop(heap: list, stalled: set[tuple], limit: float) -> tuple:
-    """The heap's least entry, or, if that is a shape whose model (shared by its twins, so
-    by signature) is ``stalled``, the least entry below ``limit`` that is not (the stalled
-    ones stay on the heap): after a stalled visit, the next goes to a shape or family that
-    can make progress, so that one model slow to solve cannot take the whole time limit.
-    Only the order of visits changes; what the search proves does not."""
-    aside = []
-    while heap and heap[0][0] < limit and heap[0][3] is not None \
-            and heap[0][3].signature in stalled:
-        aside.append(heapq.heappop(heap))
-    if heap and heap[0][0] < limit or not aside:
-        entry = heapq.heappop(heap)
-        for other in aside:
-            heapq.heappush(heap, other)
-        return entry
-    for other in aside[1:]:
-        heapq.heappush(heap, other)
-    return aside[0]
+    """The heap's least entry; or, if that is a shape whose model (shared by its twins, so
+    by signature) is ``stalled``, the shape below ``limit`` with the fewest splits whose
+    model is not (least bound among those; a family if no shape is left): after a stalled
+    visit, the next goes where a plan is quickest to find, so that one model slow to solve
+    cannot take the whole time limit and a better plan prunes sooner. Only the order of
+    visits changes; what the search proves does not."""
+    least = heap[0]
+    if least[3] is None or least[3].signature not in stalled:
+        return heapq.heappop(heap)
+    fresh = [(i, e) for i, e in enumerate(heap) if e[0] < limit
+             and (e[3] is None or e[3].signature not in stalled)]
+    if not fresh:
+        return heapq.heappop(heap)
+    shapes_left = [(i, e) for i, e in fresh if e[3] is not None]
+    i, entry = min(shapes_left or fresh, key=lambda ie: (_splits(ie[1][3]), ie[1][:2]))
+    heap[i] = heap[-1]
+    heap.pop()
+    heapq.heapify(heap)
+    return entry
+
+
+def _splits(t: ShapeTables | None) -> int:
+    """How many contiguous splits of the layers a shape has (0 for a family)."""
+    return 0 if t is None else math.comb(len(t.layer_class) - 1, t.chunks - 1)
 
 
 def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
