@@ -207,14 +207,20 @@ def _whole_layer_fill(t: ShapeTables) -> float:
         send = _least_send(t) * (1 if zero_bubble else 2)
         later = np.full(n + 1, math.inf)  # least over the stages after d, by first layer
         later[n] = 0.0
-        first, last = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+        works: dict[int, np.ndarray] = {}
         for d in range(p - 1, -1, -1):
-            own = least_work(t, t.groups[d])
-            work_before = np.concatenate(([0.0], np.cumsum([own[c] for c in classes])))
-            stage = (m * (work_before[None, :] - work_before[:, None])
-                     + fill_before[:, None] + d * send)
-            allowed = (last > first) & (last <= n - (p - 1 - d))
-            later = np.where(allowed, np.maximum(stage, later[None, :]), math.inf).min(axis=1)
+            group = t.groups[d]
+            if id(group) not in works:
+                own = least_work(t, group)
+                works[id(group)] = np.concatenate(([0.0], np.cumsum([own[c] for c in classes])))
+            work_before = works[id(group)]
+            # Stage d starts after d layers and ends before one for each later stage.
+            first = np.arange(d, n - (p - d) + 1)[:, None]
+            last = np.arange(d + 1, n - (p - 1 - d) + 1)[None, :]
+            stage = m * (work_before[last] - work_before[first]) + fill_before[first] + d * send
+            least = np.where(last > first, np.maximum(stage, later[last]), math.inf).min(axis=1)
+            later = np.full(n + 1, math.inf)
+            later[first[:, 0]] = least
         t.costs[key] = float(later[0])
     return t.costs[key]  # type: ignore[return-value]
 
@@ -242,10 +248,10 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
         else:
             cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
                                    _least_send(t))
-        if len(t.layer_class) - k_chunks <= k_chunks // 4:
-            # Three chunks in four hold one layer at least as large as any: the fill runs
-            # through whole layers, and weights fitted to the splits bound far more (on
-            # Llama-3-405B, 4.49 -> 4.66 s at 32 x 4 chunks). With more layers per chunk they
+        if len(t.layer_class) - k_chunks <= k_chunks // 8:
+            # Seven chunks in eight at least hold a single layer: the fill runs through whole
+            # layers, and weights fitted to the splits bound far more (Llama-3-405B: 4.49 ->
+            # 4.66 s at 32 x 4 chunks of its 129 layers). With more layers per chunk they
             # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
             cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class,
                                     _least_send(t), cert)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
-from ortools.linear_solver import pywraplp
+from ortools.linear_solver import linear_solver_pb2, pywraplp
 
 SPLIT_ROUNDS = 12
 """Most rounds of ``fitted_to_splits`` (each one LP solve and one shortest path)."""
@@ -280,26 +280,16 @@ def fitted_to_splits(p: int, v: int, m: int, costs: list[list[list[tuple[float, 
     bound, so stopping early only costs strength."""
     if p < 2:
         return start
-    solver, lam, x, y, alpha, beta = _program(p, v, m)
-    table = _table(costs)
-    z = solver.NumVar(-solver.infinity(), solver.infinity(), "z")
-    solver.Maximize(z)
-    # Each chunk's alpha and beta, and the sends, as coefficients over the LP's variables,
-    # so that a row is two matrix products (the LP's own expressions are slow to sum).
+    program = _fitting_program(p, v, m)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    solver.LoadModelFromProto(program.proto)
     variables = solver.variables()
-    index = {var.index(): i for i, var in enumerate(variables)}
-
-    def coefficients(expr: Any) -> np.ndarray:
-        row = np.zeros(len(variables))
-        for var, coef in expr.GetCoeffs().items():
-            if isinstance(var, pywraplp.Variable):  # not the constant offset
-                row[index[var.index()]] += coef
-        return row
-
-    alphas = np.array([coefficients(a) for a in alpha])
-    betas = np.array([coefficients(b) for b in beta])
-    sends = coefficients(sum((x[d][r] + y[d][r]) * (r * p + d) for d in range(p)
-                             for r in range(v)))
+    z = variables[program.z]
+    lam = [variables[i] for i in program.lam]
+    x = [[variables[i] for i in row] for row in program.x]
+    y = [[variables[i] for i in row] for row in program.y]
+    alphas, betas, sends = program.alphas, program.betas, program.sends
+    table = _table(costs)
     fastest_mode = np.argmin(table.sum(axis=3), axis=2)  # class x chunk
     fastest = np.take_along_axis(table, fastest_mode[..., None, None], axis=2)[:, :, 0, :]
 
@@ -340,6 +330,48 @@ def fitted_to_splits(p: int, v: int, m: int, costs: list[list[list[tuple[float, 
             if stalled >= STALLED_ROUNDS:
                 break
     return best_cert
+
+
+@dataclass(frozen=True)
+class _FittingProgram:
+    """``_program`` with ``z`` to maximise, as a model proto (loading it is far quicker than
+    building it again), with each chunk's alpha and beta and the sends as coefficient rows
+    over its variables (a constraint for a split is then two matrix products) and the
+    indices of ``lam``, ``x``, ``y`` and ``z``."""
+
+    proto: linear_solver_pb2.MPModelProto
+    alphas: np.ndarray
+    betas: np.ndarray
+    sends: np.ndarray
+    lam: list[int]
+    x: list[list[int]]
+    y: list[list[int]]
+    z: int
+
+
+@functools.lru_cache(maxsize=64)
+def _fitting_program(p: int, v: int, m: int) -> _FittingProgram:
+    solver, lam, x, y, alpha, beta = _program(p, v, m)
+    z = solver.NumVar(-solver.infinity(), solver.infinity(), "z")
+    solver.Maximize(z)
+    count = solver.NumVariables()
+
+    def coefficients(expr: Any) -> np.ndarray:
+        row = np.zeros(count)
+        for var, coef in expr.GetCoeffs().items():
+            if isinstance(var, pywraplp.Variable):  # not the constant offset
+                row[var.index()] += coef
+        return row
+
+    proto = linear_solver_pb2.MPModelProto()
+    solver.ExportModelToProto(proto)
+    return _FittingProgram(
+        proto, np.array([coefficients(a) for a in alpha]),
+        np.array([coefficients(b) for b in beta]),
+        coefficients(sum((x[d][r] + y[d][r]) * (r * p + d) for d in range(p)
+                         for r in range(v))),
+        [q.index() for q in lam], [[q.index() for q in row] for row in x],
+        [[q.index() for q in row] for row in y], z.index())
 
 
 def _midway(a: tuple[list[float], list[list[float]], list[list[float]]],
