@@ -30,6 +30,7 @@ each 1/v of a device's layers. For the other schedules ``stages`` are the device
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import math
@@ -252,15 +253,16 @@ def _run_zero_bubble(stages: Sequence[StageCost], m: int) -> tuple[float, list[f
     input_grad = [s.backward - s.weight_grad for s in stages]
     weight_grad = [s.weight_grad for s in stages]
     send = [s.send for s in stages]
-    # Each device's order as (is forward, micro-batch); ops of device d are on stage d.
-    orders = [[(kind == "F", i) for kind, _, i in order] for order in _orders("1f1b", n, m, 1)]
+    # Each device's order as (is forward, stage, micro-batch); device d's ops are on stage d.
+    orders = _fixed_orders("1f1b", n, m, 1)
     fwd_end: list[list[float | None]] = [[None] * m for _ in range(n)]
     bwd_end: list[list[float | None]] = [[None] * m for _ in range(n)]
     free = [0.0] * n
     busy = [0.0] * n
     pos = [0] * n
     in_flight = [0] * n
-    pending: list[list[int]] = [[] for _ in range(n)]  # micro-batches whose W waits
+    pending: list[collections.deque[int]] = [collections.deque() for _ in range(n)]
+    # (micro-batches whose weight gradient waits, oldest first)
     left = sum(map(len, orders)) + n * m
 
     def plan(d: int) -> tuple[float, int, int]:
@@ -270,7 +272,7 @@ def _run_zero_bubble(stages: Sequence[StageCost], m: int) -> tuple[float, list[f
         ready: float | None = None
         nxt = order[pos[d]] if pos[d] < len(order) else None
         if nxt is not None:
-            is_forward, i = nxt
+            is_forward, _, i = nxt
             if is_forward:
                 if d == 0:
                     ready = 0.0
@@ -294,7 +296,7 @@ def _run_zero_bubble(stages: Sequence[StageCost], m: int) -> tuple[float, list[f
                 return at, 2, waiting[0]
         if nxt is None or ready is None:
             return math.inf, -1, 0
-        return max(at, ready), (0 if nxt[0] else 1), nxt[1]
+        return max(at, ready), (0 if nxt[0] else 1), nxt[2]
 
     plans = [plan(d) for d in range(n)]
     queue = [(p[0], d) for d, p in enumerate(plans)]
@@ -320,7 +322,7 @@ def _run_zero_bubble(stages: Sequence[StageCost], m: int) -> tuple[float, list[f
             replan = (d, (d - 1) % n)
         else:
             end = start + weight_grad[d]
-            pending[d].pop(0)
+            pending[d].popleft()
             in_flight[d] -= 1
             replan = (d,)
         free[d] = end

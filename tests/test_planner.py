@@ -677,7 +677,11 @@ def test_contiguous_weighted_paths_and_weights_fitted_to_splits() -> None:
         layer_class = [rng.randrange(classes) for _ in range(n)]
         modes = [[(rng.uniform(0.2, 1), rng.uniform(0.4, 2)) for _ in range(2)]
                  for _ in range(classes)]
-        costs = [[modes[c]] * k_chunks for c in range(classes)]
+        # Chunks on devices of unlike speed (every other trial), some with one mode only.
+        speed = [1.0 if trial % 4 < 2 else rng.choice((1.0, 1.7)) for _ in range(p)]
+        costs = [[[(f * speed[k % p], b * speed[k % p])
+                   for f, b in modes[c][:rng.choice((1, 2))]] for k in range(k_chunks)]
+                 for c in range(classes)]
         send = rng.uniform(0, 0.05)
         splits = [tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
                   for cuts in itertools.combinations(range(1, n), k_chunks - 1)]
@@ -689,10 +693,10 @@ def test_contiguous_weighted_paths_and_weights_fitted_to_splits() -> None:
             cert = certificate(p, v, m)
 
         def weighted(split: tuple[int, ...], cert: Any = cert,
-                     layer_class: list[int] = layer_class, modes: Any = modes) -> float:
+                     layer_class: list[int] = layer_class, costs: Any = costs) -> float:
             total, first = 0.0, 0
             for k, size in enumerate(split):
-                total += sum(min(cert.alpha[k] * f + cert.beta[k] * b for f, b in modes[c])
+                total += sum(min(cert.alpha[k] * f + cert.beta[k] * b for f, b in costs[c][k])
                              for c in layer_class[first:first + size])
                 first += size
             return total
@@ -705,14 +709,13 @@ def test_contiguous_weighted_paths_and_weights_fitted_to_splits() -> None:
         fitted = fitted_to_splits(p, v, m, costs, layer_class, send, start)
         before = start.contiguous(costs, layer_class)[0] + start.sends * send
         after = fitted.contiguous(costs, layer_class)[0] + fitted.sends * send
-        fastest = [min(mc, key=sum) for mc in modes]
         steps = []
         for split in splits:
             stages, first = [], 0
-            for size in split:
-                chunk = layer_class[first:first + size]
-                stages.append(StageCost(sum(fastest[c][0] for c in chunk),
-                                        sum(fastest[c][1] for c in chunk), send=send))
+            for k, size in enumerate(split):
+                fastest = [min(costs[c][k], key=sum) for c in layer_class[first:first + size]]
+                stages.append(StageCost(sum(f for f, _ in fastest), sum(b for _, b in fastest),
+                                        send=send))
                 first += size
             steps.append(simulate(stages, m, "interleaved", v).step_time)
         assert before * (1 - 1e-12) <= after <= min(steps) * (1 + 1e-12)
@@ -869,7 +872,10 @@ def test_certificate_for_costs_is_the_best_weighting() -> None:
 
         def bound(cert: Any, costs: Any = costs, sizes: Any = sizes,
                   send: float = send) -> float:
-            return float(cert.weighted(costs, sizes)[0] + cert.sends * send)
+            # What the LP maximises: each layer in its cheapest chunk, plus the sends.
+            per_chunk, _ = cert._per_chunk(costs)
+            return float(sum(n * min(row) for n, row in zip(sizes, per_chunk, strict=True))
+                         + cert.sends * send)
 
         best = bound(certificate_for(p, v, m, costs, sizes, send))
         like = bound(certificate(p, v, m))

@@ -3,8 +3,9 @@ recomputation, from per-layer figures alone (``docs/solver.md``, "How it searche
 
 ``shape_bound`` gives one shape's bound and whether its devices can hold it at all;
 ``family_bound`` one valid for every shape of a family (its degrees and micro-batch size);
-``has_bubble_bound`` says whether the lazy interleaved bubble term applies (an LP, so the search
-adds it only when a shape is about to be solved). Every figure comes from ``ShapeTables``, so
+``has_bubble_bound`` says whether a lazy pipeline term applies (the interleaved bubble, an LP
+and a shortest path; the whole-layer fill, a dynamic program), which the search adds only when
+a shape is about to be solved. Every figure comes from ``ShapeTables``, so
 from the functions ``estimate`` itself uses; the search (``search.py``) prunes with these and
 nothing else, so a bound above the truth would lose the optimum: each term is tested against
 ``estimate()`` of every split of small cases (``tests/test_planner.py``).
@@ -113,8 +114,9 @@ def _speed_share(t: ShapeTables) -> float:
 
 def shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
     """(step-time lower bound, whether the devices can hold it) of one shape, valid for every
-    split and recomputation; with ``bubble``, also the interleaved bubble bound
-    (``_interleaved_bubble``, which solves an LP the first time per (p, v, m))."""
+    split and recomputation; with ``bubble``, also the lazy pipeline term: the interleaved
+    bubble (``_interleaved_bubble``) or the whole-layer fill (``_whole_layer_fill``), each
+    computed once per setting it reads."""
     shape, m, p = t.shape, t.micro_batches, t.shape.pp
     work, zb_chain, optimizer = _work(t)
     fits, recompute = _least_recompute(t)
@@ -196,7 +198,9 @@ def _whole_layer_fill(t: ShapeTables) -> float:
     one layer each and the fill is the forward of 127 of them."""
     s = t.shape
     p, m, zero_bubble = s.pp, t.micro_batches, s.schedule == "zero_bubble"
-    key = ("whole-layer fill", t.signature)  # all it reads; shared by twins
+    # All it reads (the stage groups follow from pp, the modes from the search).
+    key = ("whole-layer fill", s.tp, s.sequence_parallel, s.cp, s.dp, s.micro_batch_size, p, m,
+           zero_bubble)
     if key not in t.costs:
         classes = t.layer_class
         n = len(classes)
@@ -232,13 +236,16 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
     least weighted cost over the modes, at the costs of its chunk's node group, and
     ``recompute`` (the least recomputation that lets activations
     fit, beyond each class's fastest mode) at the least coefficient of any chunk, where every
-    allowed mode costs at least the fastest one both forward and backward. On one node group
-    the weights are those of ``certificate`` (per (p, v, m)); on several, the LP picks them
-    for the groups' own costs (``certificate_for``), so the slower group's devices weigh
-    more."""
+    allowed mode costs at least the fastest one both forward and backward. The weights start
+    from ``certificate`` (per (p, v, m)) on one node group; on several, from the LP's for the
+    groups' own costs (``certificate_for``), so the slower group's devices weigh more; where
+    chunks hold one layer each they are then fitted to the splits (``fitted_to_splits``)."""
     s = t.shape
     m, p, k_chunks = t.micro_batches, s.pp, t.chunks
-    key = ("bubble", t.signature)  # all it reads; shared by twins
+    # All it reads but the least send, which the result takes as a factor (the weights are
+    # valid whatever send they were fitted for).
+    key = ("bubble", s.tp, s.sequence_parallel, s.cp, s.micro_batch_size, p, s.virtual_stages,
+           m)
     if key not in t.costs:
         figures = [t.base(t.groups[k % p]) for k in range(k_chunks)]
         costs = [[[(f[c].forward(mode), f[c].backward(mode)) for mode in t.modes]

@@ -72,21 +72,13 @@ class Certificate:
                 kept.append((a, b))
         return tuple(kept)
 
-    def weighted(self, costs: Costs, sizes: list[int]
-                 ) -> tuple[float, bool]:
-        """The least of ``sum_k alpha_k F_k + beta_k B_k`` over every assignment of layers to
-        chunks, with ``costs[c][k]`` the (forward, backward) of a layer of class ``c`` in
-        chunk ``k`` under each mode it may run in and ``sizes[c]`` the class's layers: each
-        layer at its least weighted cost over the chunks and modes (what ``certificate_for``
-        maximises). Also ``dominated`` (``_per_chunk``)."""
-        per_chunk, dominated = self._per_chunk(costs)
-        return float(np.dot(sizes, per_chunk.min(axis=1))), dominated
-
     def contiguous(self, costs: Costs, layer_class: list[int]
                    ) -> tuple[float, bool, tuple[int, ...]]:
         """The least of ``sum_k alpha_k F_k + beta_k B_k`` over every split of the layers (of
         classes ``layer_class``, in model order) into the chunks in order, one layer at least
-        each: what a split can be, so at least ``weighted``, and far more where the chunks
+        each: what a split can be, so at least the least over every assignment of layers to
+        chunks (each layer in its cheapest chunk, what ``certificate_for`` maximises), and far
+        more where the chunks
         hold one or two layers each (every path then runs through so many whole layers).
         Also ``dominated`` and a split that attains it.
 
@@ -263,7 +255,7 @@ def certificate_for(p: int, v: int, m: int, costs: list[list[list[tuple[float, f
     return _solved(solver, p, v, m, lam, x, y)
 
 
-def fitted_to_splits(p: int, v: int, m: int, costs: list[list[list[tuple[float, float]]]],
+def fitted_to_splits(p: int, v: int, m: int, costs: Costs,
                      layer_class: list[int], send: float, start: Certificate
                      ) -> Certificate:
     """Path weights whose ``contiguous`` bound (plus ``sends * send``) is the largest found,

@@ -170,8 +170,9 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
             continue
         assert t is not None and isinstance(item, Shape)
         if item not in twin_of and item not in sharpened and has_bubble_bound(t):
-            # About to be solved: first the interleaved bubble bound (an LP per (p, v, m),
-            # too slow to compute for every shape), which may put it back higher.
+            # About to be solved: first the lazy pipeline term (the interleaved bubble or the
+            # whole-layer fill, too slow to compute for every shape), which may put it back
+            # higher.
             sharpened.add(item)
             sharper, _ = shape_bound(t, bubble=True)
             if sharper > bound:
@@ -183,8 +184,8 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
             # first costs what the model proposed before it came.
             twin = twins.get(t.signature)
             if item not in per_shape and twin is None:
-                # Else the first plans costed it already, or it joins a model that has
-                # already bounded every split of its signature.
+                # Else the first plans costed it already, or a twin's was costed when the
+                # model was built (twins read the same figures: the same estimate).
                 _try_uniform(item, graph, cluster, constraints, global_batch_size, precision,
                              optimizer, stats, per_shape)
             if twin is None:
@@ -266,8 +267,8 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
        parallelism across one node or half of one with context parallelism of 1 or 2 at every
        pipeline depth; 1F1B and interleaving with every chunk
        count that splits the blocks evenly (as Megatron-LM requires).
-    2. Then every family in bound order, the same configurations (with ZeRO-3 where ZeRO-1
-       does not fit).
+    2. Then every family in bound order, the same configurations and zero-bubble on 1F1B's
+       stages (with ZeRO-3 where ZeRO-1 does not fit).
 
     The folklore is costed whatever the time limit (so the plan never loses to it); the rest
     stops once half of the time left after bounding is spent.

@@ -362,6 +362,8 @@ class StageModel:
                     continue  # the cut rules it out (or, solved again, gives its true bound)
             candidate = self._read(solver)
             self._exclude(solver)
+            if status != cp_model.OPTIMAL and budget <= 0:
+                self.slice *= 2  # a solution, but the slice ran out before it was proven least
             return candidate, status == cp_model.OPTIMAL
         self.stalled = True  # every re-solve was cut off: no answer this time either
         return None, False
