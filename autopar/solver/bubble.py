@@ -78,8 +78,8 @@ class Certificate:
         classes ``layer_class``, in model order) into the chunks in order, one layer at least
         each: what a split can be, so at least the least over every assignment of layers to
         chunks (each layer in its cheapest chunk, what ``certificate_for`` maximises), and far
-        more where the chunks
-        hold one or two layers each (every path then runs through so many whole layers).
+        more where the chunks hold one or two layers each (every path then runs through so
+        many whole layers).
         Also ``dominated`` and a split that attains it.
 
         A shortest path over (chunk, first layer): chunk k from layer a to b costs
@@ -172,9 +172,11 @@ def _uniform(p: int, v: int, m: int) -> Certificate:
     return evaluate(p, v, m, [1.0] * p, first, first)
 
 
-def _program(p: int, v: int, m: int) -> tuple[pywraplp.Solver, list, list, list, list, list]:
+def _program(p: int, v: int, m: int
+             ) -> tuple[pywraplp.Solver, list, list, list, list, list, Any]:
     """The weights as LP variables (``lam``, and ``x``, ``y``: ``lam_d`` times ``mu_d`` and
-    ``nu_d``) and the coefficients ``alpha``, ``beta`` as linear expressions of them."""
+    ``nu_d``) and the coefficients ``alpha``, ``beta`` and ``sends`` as linear expressions of
+    them."""
     solver = pywraplp.Solver.CreateSolver("GLOP")
     inf = solver.infinity()
     k_chunks = p * v
@@ -207,7 +209,8 @@ def _program(p: int, v: int, m: int) -> tuple[pywraplp.Solver, list, list, list,
         return [later[k + 1] + m * lam[k % p] - p * coef[k % p][k // p]
                 for k in range(k_chunks)]
 
-    return solver, lam, x, y, coefficients(x), coefficients(y)
+    sends = sum((x[d][r] + y[d][r]) * (r * p + d) for d in range(p) for r in range(v))
+    return solver, lam, x, y, coefficients(x), coefficients(y), sends
 
 
 def _solved(solver: pywraplp.Solver, p: int, v: int, m: int, lam: list, x: list,
@@ -225,7 +228,7 @@ def certificate(p: int, v: int, m: int) -> Certificate:
     """Path weights for ``(p, v, m)`` from the LP (``m`` a multiple of ``p``, ``m >= p``)."""
     if p < 2:
         return _uniform(p, v, m)
-    solver, lam, x, y, alpha, beta = _program(p, v, m)
+    solver, lam, x, y, alpha, beta, _ = _program(p, v, m)
     val = solver.NumVar(-solver.infinity(), solver.infinity(), "val")
     for k in range(p * v):
         for phi in FORWARD_SHARES:
@@ -243,14 +246,13 @@ def certificate_for(p: int, v: int, m: int, costs: list[list[list[tuple[float, f
     like chunks would spread over devices that do not bound the step."""
     if p < 2:
         return _uniform(p, v, m)
-    solver, lam, x, y, alpha, beta = _program(p, v, m)
+    solver, lam, x, y, alpha, beta, sends = _program(p, v, m)
     inf = solver.infinity()
     least = [solver.NumVar(-inf, inf, f"z{c}") for c in range(len(sizes))]
     for c, per_chunk in enumerate(costs):
         for k, modes in enumerate(per_chunk):
             for forward, backward in modes:
                 solver.Add(least[c] <= alpha[k] * forward + beta[k] * backward)
-    sends = sum((x[d][r] + y[d][r]) * (r * p + d) for d in range(p) for r in range(v))
     solver.Maximize(sum(n * z for n, z in zip(sizes, least, strict=True)) + send * sends)
     return _solved(solver, p, v, m, lam, x, y)
 
@@ -277,9 +279,6 @@ def fitted_to_splits(p: int, v: int, m: int, costs: Costs,
     solver.LoadModelFromProto(program.proto)
     variables = solver.variables()
     z = variables[program.z]
-    lam = [variables[i] for i in program.lam]
-    x = [[variables[i] for i in row] for row in program.x]
-    y = [[variables[i] for i in row] for row in program.y]
     alphas, betas, sends = program.alphas, program.betas, program.sends
     table = _table(costs)
     fastest_mode = np.argmin(table.sum(axis=3), axis=2)  # class x chunk
@@ -302,18 +301,18 @@ def fitted_to_splits(p: int, v: int, m: int, costs: Costs,
 
     best, split = value(start)
     best_cert = start
-    center = None  # the weights of the best bound found (none while it is ``start``)
+    center = None  # the LP values of the best bound's weights (none while it is ``start``)
     stalled = 0
     for _ in range(SPLIT_ROUNDS):
         add_row(split)
         if solver.Solve() not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE) \
                 or z.solution_value() <= best * (1 + 1e-9):
             break  # no weights bound the splits found so far by more
-        weights = ([q.solution_value() for q in lam],
-                   [[q.solution_value() for q in row] for row in x],
-                   [[q.solution_value() for q in row] for row in y])
-        probe = weights if center is None else _midway(center, weights)
-        cert = evaluate(p, v, m, *probe)
+        values = np.array([q.solution_value() for q in variables])
+        # Midway is a convex combination of two feasible points: still feasible.
+        probe = values if center is None else (center + values) / 2
+        cert = evaluate(p, v, m, probe[program.lam].tolist(), probe[program.x].tolist(),
+                        probe[program.y].tolist())
         found, split = value(cert)
         if found > best:
             best, best_cert, center, stalled = found, cert, probe, 0
@@ -329,21 +328,21 @@ class _FittingProgram:
     """``_program`` with ``z`` to maximise, as a model proto (loading it is far quicker than
     building it again), with each chunk's alpha and beta and the sends as coefficient rows
     over its variables (a constraint for a split is then two matrix products) and the
-    indices of ``lam``, ``x``, ``y`` and ``z``."""
+    indices of ``lam`` (p), ``x`` and ``y`` (p x v) and ``z``."""
 
     proto: linear_solver_pb2.MPModelProto
     alphas: np.ndarray
     betas: np.ndarray
     sends: np.ndarray
-    lam: list[int]
-    x: list[list[int]]
-    y: list[list[int]]
+    lam: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
     z: int
 
 
 @functools.lru_cache(maxsize=64)
 def _fitting_program(p: int, v: int, m: int) -> _FittingProgram:
-    solver, lam, x, y, alpha, beta = _program(p, v, m)
+    solver, lam, x, y, alpha, beta, sends = _program(p, v, m)
     z = solver.NumVar(-solver.infinity(), solver.infinity(), "z")
     solver.Maximize(z)
     count = solver.NumVariables()
@@ -359,19 +358,6 @@ def _fitting_program(p: int, v: int, m: int) -> _FittingProgram:
     solver.ExportModelToProto(proto)
     return _FittingProgram(
         proto, np.array([coefficients(a) for a in alpha]),
-        np.array([coefficients(b) for b in beta]),
-        coefficients(sum((x[d][r] + y[d][r]) * (r * p + d) for d in range(p)
-                         for r in range(v))),
-        [q.index() for q in lam], [[q.index() for q in row] for row in x],
-        [[q.index() for q in row] for row in y], z.index())
-
-
-def _midway(a: tuple[list[float], list[list[float]], list[list[float]]],
-            b: tuple[list[float], list[list[float]], list[list[float]]]
-            ) -> tuple[list[float], list[list[float]], list[list[float]]]:
-    """The average of two sets of LP weights (``lam``, ``x``, ``y``): still feasible."""
-    return ([(u + w) / 2 for u, w in zip(a[0], b[0], strict=True)],
-            [[(u + w) / 2 for u, w in zip(r, q, strict=True)] for r, q in zip(a[1], b[1],
-                                                                              strict=True)],
-            [[(u + w) / 2 for u, w in zip(r, q, strict=True)] for r, q in zip(a[2], b[2],
-                                                                              strict=True)])
+        np.array([coefficients(b) for b in beta]), coefficients(sends),
+        np.array([q.index() for q in lam]), np.array([[q.index() for q in row] for row in x]),
+        np.array([[q.index() for q in row] for row in y]), z.index())

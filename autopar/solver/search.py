@@ -233,16 +233,20 @@ def _pop(heap: list, stalled: set[tuple], limit: float) -> tuple:
     visit, the next goes where a plan is quickest to find, so that one model slow to solve
     cannot take the whole time limit and a better plan prunes sooner. Only the order of
     visits changes; what the search proves does not."""
-    least = heap[0]
-    if least[3] is None or least[3].signature not in stalled:
+    def is_stalled(entry: tuple) -> bool:
+        return entry[3] is not None and entry[3].signature in stalled
+
+    if not is_stalled(heap[0]):
         return heapq.heappop(heap)
-    fresh = [(i, e) for i, e in enumerate(heap) if e[0] < limit
-             and (e[3] is None or e[3].signature not in stalled)]
-    if not fresh:
+    # Shapes before families, fewest splits first; a signature is read (and so built) only
+    # for the entries looked at.
+    below = sorted((i for i, e in enumerate(heap) if e[0] < limit),
+                   key=lambda i: (heap[i][3] is None, _splits(heap[i][3]), heap[i][:2]))
+    chosen = next((i for i in below if not is_stalled(heap[i])), None)
+    if chosen is None:
         return heapq.heappop(heap)
-    shapes_left = [(i, e) for i, e in fresh if e[3] is not None]
-    i, entry = min(shapes_left or fresh, key=lambda ie: (_splits(ie[1][3]), ie[1][:2]))
-    heap[i] = heap[-1]
+    entry = heap[chosen]
+    heap[chosen] = heap[-1]
     heap.pop()
     heapq.heapify(heap)
     return entry
@@ -313,12 +317,12 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     for family in folklore:
         # Whatever the time limit: the plan never loses to what a person writes by hand.
         cost_family(family, min(1, family.dp * family.cp - 1))
+    # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too: on
+    # deep pipelines it is often the better of the two.
+    both = ("1f1b", "zero_bubble")
     for family in families:
         if budget is not None and time.perf_counter() >= budget:
             return
-        # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too:
-        # on deep pipelines it is often the better of the two.
-        both = ("1f1b", "zero_bubble")
         if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1),
                                                       both):
             cost_family(family, 3, both)

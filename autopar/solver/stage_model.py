@@ -327,9 +327,7 @@ class StageModel:
         budget = self.slice  # deterministic seconds left to this call, re-solves included
         for _ in range(CUTS_PER_SOLVE):
             if budget <= 0:
-                self.slice *= 2
-                self.stalled = True
-                return None, False
+                return self._ran_out()
             solver = cp_model.CpSolver()
             solver.parameters.num_workers = 1
             solver.parameters.random_seed = 0
@@ -350,9 +348,7 @@ class StageModel:
                 if math.isfinite(proved):
                     self.last_bound = max(self.last_bound, proved if below is None
                                           else min(proved, below))
-                self.slice *= 2
-                self.stalled = True
-                return None, False
+                return self._ran_out()
             # No later solution has a smaller objective than this one's bound.
             self.last_bound = max(self.last_bound, solver.best_objective_bound / NS)
             if self._cuts and below is not None:
@@ -366,6 +362,12 @@ class StageModel:
                 self.slice *= 2  # a solution, but the slice ran out before it was proven least
             return candidate, status == cp_model.OPTIMAL
         self.stalled = True  # every re-solve was cut off: no answer this time either
+        return None, False
+
+    def _ran_out(self) -> tuple[None, bool]:
+        """The slice ran out before an answer: the next call gets twice as much."""
+        self.slice *= 2
+        self.stalled = True
         return None, False
 
     def _cut(self, solver: cp_model.CpSolver) -> int:
