@@ -97,3 +97,35 @@ def test_causal_attention_does_half_the_tiles() -> None:
     graph = llama()
     (node,) = [d for d in graph.graph.nodes.values() if d["op_class"] == "attention"][:1]
     assert node["causal"]
+
+
+def test_min_cut_is_networkx_largest_source_side_cut() -> None:
+    """The OR-Tools cut keeps the same tensors as networkx's ``minimum_cut`` (the largest source
+    side), on random layered graphs with ties between cuts of equal weight."""
+    import random
+
+    import networkx as nx
+
+    rng = random.Random(0)
+    for _ in range(300):
+        tensors = [f"t{i}" for i in range(rng.randint(1, 9))]
+        arcs: list = []
+        for i, t in enumerate(tensors):
+            arcs.append((("in", t), ("out", t), float(rng.choice([1, 2, 2, 4, 8]))))
+            if i == 0 or rng.random() < 0.3:
+                arcs.append(("source", ("in", t), None))
+            for u in tensors[:i]:
+                if rng.random() < 0.4:
+                    arcs.append((("out", u), ("in", t), None))
+            if rng.random() < 0.4:
+                arcs.append((("out", t), "sink", None))
+        flow = nx.DiGraph()
+        flow.add_nodes_from(["source", "sink"])
+        for u, v, c in arcs:
+            flow.add_edge(u, v, **({} if c is None else {"capacity": c}))
+        _, (_, sink_side) = nx.minimum_cut(flow, "source", "sink")
+        ours = fusion._sink_side_of_min_cut(arcs)
+        assert [t for t in tensors if ("in", t) in ours] == \
+            [t for t in tensors if ("in", t) in sink_side]
+        assert [t for t in tensors if ("out", t) in ours] == \
+            [t for t in tensors if ("out", t) in sink_side]
