@@ -15,6 +15,7 @@ The same functions serve ``estimate()``, the solver and the reports.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,15 +72,24 @@ class Estimate(BaseModel):
 def _comm_group(g: NodeGroup, size: int, stride: int) -> CommGroup:
     """``size`` ranks ``stride`` apart on node group ``g`` (Megatron's tp/cp/dp/pp layout):
     how many share a node, and each rank's share of the node's network rails."""
-    per_node = g.devices_per_node
+    return _comm_group_of(g.devices_per_node, max(g.nics_per_node, 1), g.intra_node.bandwidth,
+                          g.intra_node.latency_s, g.inter_node.bandwidth,
+                          g.inter_node.latency_s, size, stride)
+
+
+@functools.lru_cache(maxsize=4096)
+def _comm_group_of(per_node: int, nics: int, intra_bandwidth: float, intra_latency: float,
+                   inter_bandwidth: float, inter_latency: float, size: int, stride: int
+                   ) -> CommGroup:
+    """``_comm_group`` from the figures it reads; cached: the solver asks for the same few
+    groups tens of thousands of times, and a ``CommGroup`` checks its figures when made."""
     ranks_per_node = 1 if stride >= per_node else max(1, min(size, per_node // stride))
     while size % ranks_per_node:
         ranks_per_node -= 1
-    rail = g.inter_node.bandwidth * max(g.nics_per_node, 1) / per_node
     return CommGroup(size=size, ranks_per_node=ranks_per_node,
-                     intra_bandwidth=g.intra_node.bandwidth,
-                     intra_latency=g.intra_node.latency_s,
-                     inter_bandwidth=rail, inter_latency=g.inter_node.latency_s)
+                     intra_bandwidth=intra_bandwidth, intra_latency=intra_latency,
+                     inter_bandwidth=inter_bandwidth * nics / per_node,
+                     inter_latency=inter_latency)
 
 
 def check_training(precision: str, optimizer: str) -> None:
