@@ -163,8 +163,8 @@ def test_stage_models_cut_into_tiny_slices_give_the_same_optimum(
 
 def test_after_a_stalled_visit_the_shape_with_fewest_splits_goes_next() -> None:
     """``search._pop``: the least entry, unless its model stalled; then the shape below the
-    limit with the fewest splits whose model did not (a family if no shape is left), the
-    heap kept whole."""
+    limit with the fewest splits whose model did not, a shape ready to be solved before one
+    that is not (a family if no shape is left), the heap kept whole."""
     import heapq
     from types import SimpleNamespace
 
@@ -173,25 +173,32 @@ def test_after_a_stalled_visit_the_shape_with_fewest_splits_goes_next() -> None:
     def shape(name: str, layers: int, chunks: int) -> SimpleNamespace:
         return SimpleNamespace(signature=(name,), layer_class=[0] * layers, chunks=chunks)
 
-    a, b, c, e = shape("a", 9, 2), shape("b", 20, 4), shape("c", 9, 8), shape("e", 4, 4)
+    a, b, c, e, f = (shape("a", 9, 2), shape("b", 20, 4), shape("c", 9, 8), shape("e", 4, 4),
+                     shape("f", 9, 8))
     entries = [(1.0, (1,), "A", a), (2.0, (1,), "B", b), (3.0, (1,), "C", c),
-               (2.5, (0,), "D", None), (9.0, (1,), "E", e)]
+               (2.5, (0,), "D", None), (9.0, (1,), "E", e), (3.5, (1,), "F", f)]
 
     def heap() -> list:
         h = list(entries)
         heapq.heapify(h)
         return h
 
+    def ready(name: str) -> bool:
+        return True
+
     h = heap()
-    assert _pop(h, set(), 5.0)[2] == "A"
+    assert _pop(h, set(), 5.0, ready)[2] == "A"
     h = heap()
-    assert _pop(h, {("a",)}, 5.0)[2] == "C"  # 8 splits, against b's 969; e is past the limit
-    assert sorted(x[2] for x in h) == ["A", "B", "D", "E"]
-    assert [heapq.heappop(h)[2] for _ in range(4)] == ["A", "B", "D", "E"]
+    # c and f: 8 splits, against b's 969; e is past the limit.
+    assert _pop(h, {("a",)}, 5.0, ready)[2] == "C"
+    assert sorted(x[2] for x in h) == ["A", "B", "D", "E", "F"]
+    assert [heapq.heappop(h)[2] for _ in range(5)] == ["A", "B", "D", "F", "E"]
     h = heap()
-    assert _pop(h, {("a",), ("b",), ("c",)}, 5.0)[2] == "D"
+    assert _pop(h, {("a",)}, 5.0, lambda name: name != "C")[2] == "F"  # c not ready
     h = heap()
-    assert _pop(h, {("a",), ("b",), ("c",)}, 2.0)[2] == "A"  # nothing else below the limit
+    assert _pop(h, {("a",), ("b",), ("c",), ("f",)}, 5.0, ready)[2] == "D"
+    h = heap()
+    assert _pop(h, {("a",), ("b",), ("c",), ("f",)}, 2.0, ready)[2] == "A"  # none else below
 
 
 def test_plan_beats_every_uniform_configuration() -> None:

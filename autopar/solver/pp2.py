@@ -288,12 +288,16 @@ class SplitSearch:
         """Improve the combination of paths (column generation: the LP over the paths and
         splits found so far picks weights, the dynamic program the split least under them,
         which is costed exactly and whose critical path joins); True once done (steps spent,
-        or it proves the best split or that none is below ``limit``)."""
+        or it proves the best split or that none is below ``limit``); False when it stops
+        early: at ``deadline``, or to hand back the even split, first, if it is below
+        ``limit``."""
         if not self._paths:
             even = tuple(self.n // self.k + (1 if i < self.n % self.k else 0)
                          for i in range(self.k))
             self._consider(even, limit)
             self._add(even)
+            if self.best is not None:
+                return False  # hand the even split back before the columns: a plan at once
         while self.steps < COLUMN_STEPS:
             if deadline is not None and time.perf_counter() >= deadline:
                 return False

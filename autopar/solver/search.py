@@ -149,7 +149,8 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     stopped_at: float | None = None
     fresh_next = False
     while heap:
-        bound, _, item, t = _pop(heap, stalled if fresh_next else set(), _limit(best, incumbent))
+        bound, _, item, t = _pop(heap, stalled if fresh_next else set(), _limit(best, incumbent),
+                                 lambda shape: shape in sharpened or shape in twin_of)
         if bound >= _limit(best, incumbent):
             heapq.heappush(heap, (bound, _order(item), item, t))
             break
@@ -226,13 +227,15 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     return SearchResult(best, others[:runners_up], stats, lean)
 
 
-def _pop(heap: list, stalled: set[tuple], limit: float) -> tuple:
+def _pop(heap: list, stalled: set[tuple], limit: float, ready: Callable[[Shape], bool]
+         ) -> tuple:
     """The heap's least entry; or, if that is a shape whose model (shared by its twins, so
     by signature) is ``stalled``, the shape below ``limit`` with the fewest splits whose
-    model is not (least bound among those; a family if no shape is left): after a stalled
-    visit, the next goes where a plan is quickest to find, so that one model slow to solve
-    cannot take the whole time limit and a better plan prunes sooner. Only the order of
-    visits changes; what the search proves does not."""
+    model is not (among those, first the shapes ``ready`` to be solved, whose bound is already
+    sharp, then the least bound; a family if no shape is left): after a stalled visit, the
+    next goes where a plan is quickest to find, so that one model slow to solve cannot take
+    the whole time limit and a better plan prunes sooner. Only the order of visits changes;
+    what the search proves does not."""
     def is_stalled(entry: tuple) -> bool:
         return entry[3] is not None and entry[3].signature in stalled
 
@@ -241,7 +244,9 @@ def _pop(heap: list, stalled: set[tuple], limit: float) -> tuple:
     # Shapes before families, fewest splits first; a signature is read (and so built) only
     # for the entries looked at.
     below = sorted((i for i, e in enumerate(heap) if e[0] < limit),
-                   key=lambda i: (heap[i][3] is None, _splits(heap[i][3]), heap[i][:2]))
+                   key=lambda i: (heap[i][3] is None, _splits(heap[i][3]),
+                                  heap[i][3] is not None and not ready(heap[i][2]),
+                                  heap[i][:2]))
     chosen = next((i for i in below if not is_stalled(heap[i])), None)
     if chosen is None:
         return heapq.heappop(heap)
@@ -275,9 +280,11 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
        stages (with ZeRO-3 where ZeRO-1 does not fit).
 
     The folklore is costed whatever the time limit (so the plan never loses to it); the rest
-    stops once half of the time left after bounding is spent.
+    stops at the first family whose bound is no better than the best plan, or once half of
+    the time left after bounding is spent.
     """
-    families = [item for _, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
+    bounded = [(bound, item) for bound, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
+    families = [family for _, family in bounded]
     blocks = sum(repeated_blocks(graph))
     node = min(g.devices_per_node for g in cluster.groups)
     node_tp = max((f.tp for f in families if f.tp <= node), default=1)
@@ -300,8 +307,11 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
             if not megatron(shape, zero, schedules):
                 continue
             t = tables(shape)
-            bound, fits = shape_bound(t)
             best = min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
+            # The whole-layer fill (ms) is cheaper than a deep pipeline's estimate; the
+            # interleaved bubble bound can take longer than the estimate it would spare.
+            bound, fits = shape_bound(t, bubble=shape.virtual_stages == 1
+                                      and shape_bound(t)[0] < best)
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
                 _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
                              optimizer, stats, per_shape)
@@ -320,9 +330,11 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too: on
     # deep pipelines it is often the better of the two.
     both = ("1f1b", "zero_bubble")
-    for family in families:
+    for bound, family in bounded:
         if budget is not None and time.perf_counter() >= budget:
             return
+        if bound >= min((e.estimate.step_time for e in per_shape.values()), default=math.inf):
+            return  # in bound order: no family left can beat the best
         if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1),
                                                       both):
             cost_family(family, 3, both)
@@ -377,7 +389,8 @@ def _record(shape: Shape, done: Evaluated, per_shape: dict[Shape, Evaluated]) ->
 
 CANDIDATES_PER_VISIT = 4
 """Splits one visit to a shape may cost before it goes back on the heap, so that no shape
-whose bound is loose starves the others."""
+whose bound is loose starves the others. A visit also ends at the first split that beats every
+plan found so far: the search reports it, and prunes with it, at once."""
 
 
 def _solve_shape(twin: Twins, shape: Shape, graph: ModelGraph, cluster: Cluster,
@@ -396,7 +409,8 @@ def _solve_shape(twin: Twins, shape: Shape, graph: ModelGraph, cluster: Cluster,
         known = [e.estimate.step_time for e in per_shape.values()]
         if incumbent is not None:
             known.append(incumbent)
-        candidate, proven = model.solve(min(known, default=None), left)
+        limit = min(known, default=None)
+        candidate, proven = model.solve(limit, left)
         if candidate is None:
             return None if proven else model.last_bound
         twin.proposed.append(candidate)
@@ -412,6 +426,8 @@ def _solve_shape(twin: Twins, shape: Shape, graph: ModelGraph, cluster: Cluster,
             # Its best split needs recomputation to fit, or exposes sync: the bound stands,
             # the stage model takes over.
             model.inexact = True
+            return model.last_bound
+        if _fits(est, constraints.memory_headroom) and (limit is None or est.step_time < limit):
             return model.last_bound
     return model.last_bound
 
