@@ -250,23 +250,38 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
         figures = [t.base(t.groups[k % p]) for k in range(k_chunks)]
         costs = [[[(f[c].forward(mode), f[c].backward(mode)) for mode in t.modes]
                   for f in figures] for c in range(len(t.classes.size))]
-        if len(t.distinct_groups) == 1:
-            cert = certificate(p, s.virtual_stages, m)
-        else:
-            cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
-                                   _least_send(t))
-        if len(t.layer_class) - k_chunks <= k_chunks // 8:
-            # Seven chunks in eight at least hold a single layer: the fill runs through whole
-            # layers, and weights fitted to the splits bound far more (Llama-3-405B: 4.49 ->
-            # 4.66 s at 32 x 4 chunks of its 129 layers). With more layers per chunk they
-            # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
-            cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class,
-                                    _least_send(t), cert)
-        total, dominated, _ = cert.contiguous(costs, t.layer_class)
-        least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
-        t.costs[key] = (total, least_coefficient, cert.sends)
+        # Shapes that trade context parallelism for micro-batch size keep these costs (and
+        # the least send): they share one certificate.
+        by_costs = ("bubble by costs", p, s.virtual_stages, m, _least_send(t),
+                    tuple(tuple(map(tuple, row)) for row in costs))
+        if by_costs not in t.costs:
+            t.costs[by_costs] = _bubble_terms(t, costs)
+        t.costs[key] = t.costs[by_costs]
     weighted, coefficient, sends = cast(tuple[float, float, float], t.costs[key])
     return weighted + coefficient * recompute + sends * _least_send(t)
+
+
+def _bubble_terms(t: ShapeTables, costs: list) -> tuple[float, float, float]:
+    """``_interleaved_bubble``'s figures for chunk costs ``costs`` (per class, chunk, mode):
+    the least weighted cost over contiguous splits, the least coefficient of recomputation,
+    and the factor of the least send."""
+    s = t.shape
+    p, m, k_chunks = s.pp, t.micro_batches, t.chunks
+    if len(t.distinct_groups) == 1:
+        cert = certificate(p, s.virtual_stages, m)
+    else:
+        cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
+                               _least_send(t))
+    if len(t.layer_class) - k_chunks <= k_chunks // 8:
+        # Seven chunks in eight at least hold a single layer: the fill runs through whole
+        # layers, and weights fitted to the splits bound far more (Llama-3-405B: 4.49 ->
+        # 4.66 s at 32 x 4 chunks of its 129 layers). With more layers per chunk they
+        # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
+        cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class, _least_send(t),
+                                cert)
+    total, dominated, _ = cert.contiguous(costs, t.layer_class)
+    least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
+    return total, least_coefficient, cert.sends
 
 
 def _least_send(t: ShapeTables) -> float:
