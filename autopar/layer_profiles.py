@@ -47,6 +47,16 @@ def _regions(layer: Layer) -> tuple[list[str], bool]:
     return regions, head
 
 
+def _eager_heads(nodes: list[tuple[str, dict]], seq: int) -> int:
+    """Query heads of an attention the trace holds as plain matmuls (no fused attention op,
+    e.g. GPT-2's eager attention): the heads axis of its ``[.., heads, seq, seq]`` scores.
+    Tensor parallelism splits heads, so tp must divide them even where no attention pattern
+    was found; 0 where there are no such scores."""
+    return max((data["shape"][-3] for _, data in nodes
+                if data["op_class"] == "matmul" and seq > 1 and len(data["shape"]) >= 3
+                and tuple(data["shape"][-2:]) == (seq, seq)), default=0)
+
+
 def _inside(module: str, regions: list[str]) -> bool:
     return any(module == r or module.startswith(r + ".") for r in regions if r)
 
@@ -180,7 +190,7 @@ def _profiles(graph: ModelGraph, *, fused: bool = True) -> list[LayerProfile]:
             params_sharded=sum(n for p, n in numel.items() if p in sharded_params),
             params_replicated=sum(n for p, n in numel.items() if p not in sharded_params),
             boundary_bytes=layer.boundary_bytes,
-            max_heads=max((p.size for p in attention), default=0),
+            max_heads=max((p.size for p in attention), default=0) or _eager_heads(nodes, seq),
             kv_heads=max((p.kv_heads for p in attention), default=0),
             head_dim=max((p.head_dim for p in attention), default=0),
         ))

@@ -928,3 +928,32 @@ def test_recomputation_on_two_groups_is_priced_at_each_groups_own_extra() -> Non
     assert _least_busiest_of_two(tables, 10 * extra) <= 13.0
     tables.costs = {}
     assert _least_busiest_of_two(tables, 10 * 0.3) > 13.0  # the old pricing: unsound here
+
+
+def test_tp_divides_the_heads_of_an_attention_traced_as_matmuls() -> None:
+    """GPT-2 with eager attention has no attention op, only matmuls whose scores are
+    [batch, heads, seq, seq]: tp must still divide its heads (6 here, on a node of 8, so
+    tp 1 or 2), and context parallelism, whose ring exchange needs the key/value heads of an
+    attention op, stays 1."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from autopar.layer_profiles import layer_profiles
+
+    config = GPT2Config(n_embd=384, n_layer=2, n_head=6, vocab_size=1000, n_positions=256,
+                        use_cache=False)
+    config._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config).to(torch.bfloat16)
+    ids = torch.zeros(1, 256, dtype=torch.long)
+    graph = autopar.trace(model, (ids,), {"labels": ids})
+    assert {p.max_heads for p in layer_profiles(graph)} == {0, 6}
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    with pytest.raises(ConfigError, match="does not divide the model's 6 attention heads"):
+        estimate(graph, cluster, ParallelConfig(dp=2, tp=4), global_batch_size=8)
+    for pins in (None, {"pp": 1, "zero_stage": 0}):
+        plan = autopar.plan(graph, cluster, global_batch_size=8, constraints=pins)
+        assert 6 % plan.config.tp == 0 and plan.config.cp == 1
+    # Asked for the tp a person might try on a node of 8, the answer names the heads.
+    with pytest.raises(autopar.AutoparError):
+        autopar.plan(graph, cluster, global_batch_size=8, constraints={"tp": 8})

@@ -49,6 +49,7 @@ class WorkBound:
         c = constraints
         heads = [p.max_heads for p in self.profiles if p.max_heads]
         head_gcd = math.gcd(*heads) if heads else 1
+        ring = any(p.kv_heads for p in self.profiles)  # else cp cannot be costed
         world = cluster.world_size
         self.settings: list[tuple[int, int, int, bool]] = []
         # Every tp a plan on some of the nodes may use: it divides the heads (any tp without
@@ -56,7 +57,7 @@ class WorkBound:
         for tp in pinned(c.tp, list(range(1, world + 1))):
             if (c.max_tp and tp > c.max_tp) or (heads and head_gcd % tp):
                 continue
-            for cp in pinned(c.cp, divisors(graph.seq_len) if heads else [1]):
+            for cp in pinned(c.cp, divisors(graph.seq_len) if ring else [1]):
                 if tp * cp > world:
                     continue
                 for mbs in pinned(c.micro_batch_size, divisors(global_batch_size)):

@@ -120,7 +120,8 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     heap: list[tuple[float, tuple, Degrees | Shape, ShapeTables | None]] = []
     memory_need: list[tuple[float, Shape]] = []
     for d in degrees(cluster, constraints, global_batch_size=global_batch_size,
-                     num_layers=num_layers, heads=heads, seq_len=graph.seq_len):
+                     num_layers=num_layers, heads=heads,
+                     ring_attention=any(p.kv_heads for p in profiles), seq_len=graph.seq_len):
         family = [tables(s) for s in representatives(d, constraints,
                                                      global_batch_size=global_batch_size,
                                                      num_layers=num_layers)]

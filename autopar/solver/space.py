@@ -67,11 +67,13 @@ class Degrees:
 
 
 def degrees(cluster: Cluster, constraints: Constraints, *, global_batch_size: int,
-            num_layers: int, heads: list[int], seq_len: int) -> Iterator[Degrees]:
+            num_layers: int, heads: list[int], ring_attention: bool, seq_len: int
+            ) -> Iterator[Degrees]:
     """Every combination of degrees that can run ``num_layers`` layers on ``cluster``.
 
     Degrees multiply to the cluster's device count; tp divides every layer's attention heads
-    where the trace found any (and is at most ``max_tp``); cp divides the sequence; dp x
+    where the trace found any (and is at most ``max_tp``); cp divides the sequence, and is 1
+    unless ``ring_attention`` (an attention op whose key/value heads the trace found); dp x
     micro-batch size divides the global batch; pp leaves at least one layer per stage; on a
     heterogeneous cluster every stage lies within one node group.
     """
@@ -83,8 +85,8 @@ def degrees(cluster: Cluster, constraints: Constraints, *, global_batch_size: in
             continue
         for cp in pinned(c.cp, divisors(world // tp)):
             # Context parallelism is costed by its ring exchange of attention K/V: without
-            # attention found in the trace there is nothing to cost it by.
-            if seq_len % cp or (cp > 1 and not heads):
+            # attention's key/value heads found in the trace there is nothing to cost it by.
+            if seq_len % cp or (cp > 1 and not ring_attention):
                 continue
             for pp in pinned(c.pp, divisors(world // (tp * cp))):
                 dp = world // (tp * cp * pp)
