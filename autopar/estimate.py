@@ -39,7 +39,7 @@ from autopar.cost_models.memory import (
     peak_memory,
 )
 from autopar.cost_models.pipeline import StageCost, simulate
-from autopar.layer_profiles import layer_profiles
+from autopar.layer_profiles import layer_profiles, tp_heads
 from autopar.tracing import ModelGraph, trace
 
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28.0, "sgd": 16.0}
@@ -111,8 +111,7 @@ def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProf
             f"dp x tp x pp x cp = {config.dp}x{config.tp}x{config.pp}x{config.cp} = "
             f"{config.world_size} devices, but the cluster has {cluster.world_size}; "
             f"choose degrees whose product is {cluster.world_size}")
-    heads = [p.max_heads for p in profiles if p.max_heads]
-    for h in heads:
+    for h in tp_heads(profiles):
         if h % config.tp:
             raise ConfigError(f"tp={config.tp} does not divide the model's {h} attention "
                               f"heads; use a tp that divides {h}")

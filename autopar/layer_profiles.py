@@ -47,14 +47,34 @@ def _regions(layer: Layer) -> tuple[list[str], bool]:
     return regions, head
 
 
-def _eager_heads(nodes: list[tuple[str, dict]], seq: int) -> int:
+def _eager_heads(nodes: list[tuple[str, dict]], seq: int, batch: int) -> int:
     """Query heads of an attention the trace holds as plain matmuls (no fused attention op,
-    e.g. GPT-2's eager attention): the heads axis of its ``[.., heads, seq, seq]`` scores.
-    Tensor parallelism splits heads, so tp must divide them even where no attention pattern
-    was found; 0 where there are no such scores."""
-    return max((data["shape"][-3] for _, data in nodes
-                if data["op_class"] == "matmul" and seq > 1 and len(data["shape"]) >= 3
-                and tuple(data["shape"][-2:]) == (seq, seq)), default=0)
+    e.g. GPT-2's or BLOOM's eager attention), from its scores: activation-by-activation
+    products (no weight) of shape ``[batch, heads, seq, seq]`` or ``[batch * heads, seq,
+    seq]``. Tensor parallelism splits heads, so tp must divide them even where no attention
+    pattern was found; 0 where there are no such scores."""
+    heads = 0
+    for _, data in nodes:
+        shape = data["shape"]
+        if (data["op_class"] != "matmul" or data["params"] or seq <= 1 or len(shape) < 3
+                or tuple(shape[-2:]) != (seq, seq)):
+            continue
+        if len(shape) >= 4:
+            heads = math.gcd(heads, shape[-3])
+        elif shape[0] % batch == 0:
+            heads = math.gcd(heads, shape[0] // batch)
+    return heads
+
+
+def tp_heads(profiles: list[LayerProfile]) -> list[int]:
+    """The attention heads of every layer that has any: tensor parallelism must divide each."""
+    return [p.max_heads for p in profiles if p.max_heads]
+
+
+def has_ring_attention(profiles: list[LayerProfile]) -> bool:
+    """Whether context parallelism can be costed: some attention op's key/value heads are
+    known (its ring exchange moves them)."""
+    return any(p.kv_heads for p in profiles)
 
 
 def _inside(module: str, regions: list[str]) -> bool:
@@ -184,13 +204,14 @@ def _profiles(graph: ModelGraph, *, fused: bool = True) -> list[LayerProfile]:
                     allreduce += _tensor_bytes(out[-1]["shape"], out[-1]["dtype"]) / batch
         numel = {p: math.prod(graph.param_shapes.get(p, (0,))) for p in owned[layer.index]}
         attention = [p for p in layer.tp_patterns if p.kind == "attention"]
+        heads = max((p.size for p in attention), default=0) or _eager_heads(nodes, seq, batch)
         profiles.append(LayerProfile(
             ops=tuple(ops),
             tp_allreduce_bytes=allreduce,
             params_sharded=sum(n for p, n in numel.items() if p in sharded_params),
             params_replicated=sum(n for p, n in numel.items() if p not in sharded_params),
             boundary_bytes=layer.boundary_bytes,
-            max_heads=max((p.size for p in attention), default=0) or _eager_heads(nodes, seq),
+            max_heads=heads,
             kv_heads=max((p.kv_heads for p in attention), default=0),
             head_dim=max((p.head_dim for p in attention), default=0),
         ))

@@ -8,9 +8,10 @@ from autopar.cluster import Cluster
 from autopar.config import ConfigError
 from autopar.errors import InfeasibleError
 from autopar.estimate import check_training, estimate
+from autopar.layer_profiles import has_ring_attention, layer_profiles, tp_heads
 from autopar.plan import Plan, RunnerUp, SolverStats
 from autopar.plan_layout import plan_layout
-from autopar.solver.constraints import Constraints
+from autopar.solver.constraints import ConstraintError, Constraints
 from autopar.tracing import ModelGraph, trace
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     if time_limit_s is not None and time_limit_s <= 0:
         raise ConfigError(f"time_limit_s must be positive, got {time_limit_s}")
     graph = model if isinstance(model, ModelGraph) else trace(model, example_inputs)
+    _check_pins(graph, rules)
     # OR-Tools (and the pandas it imports) loads here, not with `import autopar`.
     from autopar.solver.idle import search_fewer_nodes
     from autopar.solver.search import search
@@ -90,6 +92,23 @@ def fingerprint(graph: ModelGraph) -> dict[str, object]:
         "parameters": graph.total_params,
         "input_shapes": [list(s) for s in graph.input_shapes],
     }
+
+
+def _check_pins(graph: ModelGraph, rules: Constraints) -> None:
+    """Refuse pinned degrees the model's attention cannot take, naming the heads (the
+    search would only find that nothing fits)."""
+    profiles = layer_profiles(graph)
+    if rules.tp is not None:
+        for heads in tp_heads(profiles):
+            if heads % rules.tp:
+                raise ConstraintError(
+                    f"constraints.tp={rules.tp} does not divide the model's {heads} attention "
+                    f"heads; pin a tp that divides {heads}, or leave tp to the solver")
+    if rules.cp is not None and rules.cp > 1 and not has_ring_attention(profiles):
+        raise ConstraintError(
+            f"constraints.cp={rules.cp} needs an attention op whose key/value heads the trace "
+            "found (context parallelism exchanges them), and this model has none (attention "
+            "traced as plain matmuls, e.g. eager attention: use sdpa); pin cp=1")
 
 
 def _infeasible(graph: ModelGraph, cluster: Cluster, result: SearchResult,

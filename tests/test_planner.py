@@ -931,29 +931,34 @@ def test_recomputation_on_two_groups_is_priced_at_each_groups_own_extra() -> Non
 
 
 def test_tp_divides_the_heads_of_an_attention_traced_as_matmuls() -> None:
-    """GPT-2 with eager attention has no attention op, only matmuls whose scores are
-    [batch, heads, seq, seq]: tp must still divide its heads (6 here, on a node of 8, so
-    tp 1 or 2), and context parallelism, whose ring exchange needs the key/value heads of an
-    attention op, stays 1."""
+    """Eager attention has no attention op, only matmuls whose scores are [batch, heads, seq,
+    seq] (GPT-2) or [batch * heads, seq, seq] (BLOOM's baddbmm): tp must still divide the
+    heads (6 here, on a node of 8, so tp 1 or 2; traced at batch 2, which must not count),
+    and context parallelism, whose ring exchange needs the key/value heads of an attention
+    op, stays 1. Pinning either otherwise is refused up front, naming the heads."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel
 
     from autopar.layer_profiles import layer_profiles
+    from autopar.solver.constraints import ConstraintError
 
-    config = GPT2Config(n_embd=384, n_layer=2, n_head=6, vocab_size=1000, n_positions=256,
-                        use_cache=False)
-    config._attn_implementation = "eager"
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config).to(torch.bfloat16)
-    ids = torch.zeros(1, 256, dtype=torch.long)
-    graph = autopar.trace(model, (ids,), {"labels": ids})
-    assert {p.max_heads for p in layer_profiles(graph)} == {0, 6}
+    gpt2 = GPT2Config(n_embd=384, n_layer=2, n_head=6, vocab_size=1000, n_positions=256,
+                      use_cache=False)
+    gpt2._attn_implementation = "eager"
+    bloom = BloomConfig(hidden_size=384, n_layer=2, n_head=6, vocab_size=1000, use_cache=False)
     cluster = Cluster.from_profile("dgx-a100", nodes=1)
-    with pytest.raises(ConfigError, match="does not divide the model's 6 attention heads"):
-        estimate(graph, cluster, ParallelConfig(dp=2, tp=4), global_batch_size=8)
-    for pins in (None, {"pp": 1, "zero_stage": 0}):
-        plan = autopar.plan(graph, cluster, global_batch_size=8, constraints=pins)
-        assert 6 % plan.config.tp == 0 and plan.config.cp == 1
-    # Asked for the tp a person might try on a node of 8, the answer names the heads.
-    with pytest.raises(autopar.AutoparError):
-        autopar.plan(graph, cluster, global_batch_size=8, constraints={"tp": 8})
+    for config, kind in ((gpt2, GPT2LMHeadModel), (bloom, BloomForCausalLM)):
+        with torch.device("meta"):
+            model = kind(config).to(torch.bfloat16)
+        ids = torch.zeros(2, 256, dtype=torch.long)
+        graph = autopar.trace(model, (ids,), {"labels": ids})
+        assert {p.max_heads for p in layer_profiles(graph)} == {0, 6}, kind
+        with pytest.raises(ConfigError, match="does not divide the model's 6 attention heads"):
+            estimate(graph, cluster, ParallelConfig(dp=2, tp=4), global_batch_size=8)
+        for pins in (None, {"pp": 1, "zero_stage": 0}):
+            plan = autopar.plan(graph, cluster, global_batch_size=8, constraints=pins)
+            assert 6 % plan.config.tp == 0 and plan.config.cp == 1
+        with pytest.raises(ConstraintError, match="tp=4 does not divide the model's 6 attention"):
+            autopar.plan(graph, cluster, global_batch_size=8, constraints={"tp": 4})
+        with pytest.raises(ConstraintError, match="cp=2 needs an attention op"):
+            autopar.plan(graph, cluster, global_batch_size=8, constraints={"cp": 2})

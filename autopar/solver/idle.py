@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from autopar.cluster import Cluster
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import layer_cost
-from autopar.layer_profiles import layer_profiles
+from autopar.layer_profiles import has_ring_attention, layer_profiles, tp_heads
 from autopar.solver.constraints import Constraints
 from autopar.solver.search import Progress, SearchResult, SearchStats, search
 from autopar.solver.space import divisors, pinned
@@ -47,9 +47,9 @@ class WorkBound:
         # Interchangeable layers cost the same: each class is costed once, by its first layer.
         self.classes = LayerClasses(graph, self.profiles)
         c = constraints
-        heads = [p.max_heads for p in self.profiles if p.max_heads]
+        heads = tp_heads(self.profiles)
         head_gcd = math.gcd(*heads) if heads else 1
-        ring = any(p.kv_heads for p in self.profiles)  # else cp cannot be costed
+        ring = has_ring_attention(self.profiles)  # else cp cannot be costed
         world = cluster.world_size
         self.settings: list[tuple[int, int, int, bool]] = []
         # Every tp a plan on some of the nodes may use: it divides the heads (any tp without

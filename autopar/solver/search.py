@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from autopar.cluster import Cluster
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import Estimate, estimate, repeated_blocks
-from autopar.layer_profiles import layer_profiles
+from autopar.layer_profiles import has_ring_attention, layer_profiles, tp_heads
 from autopar.solver import pp2
 from autopar.solver.bounds import (
     ROUNDING,
@@ -107,7 +107,6 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     deadline = None if time_limit_s is None else start + time_limit_s
     profiles = layer_profiles(graph)
     classes = LayerClasses(graph, profiles)
-    heads = [p.max_heads for p in profiles if p.max_heads]
     costs: dict[tuple, object] = {}
     stats = SearchStats()
     num_layers = len(profiles)
@@ -120,8 +119,8 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     heap: list[tuple[float, tuple, Degrees | Shape, ShapeTables | None]] = []
     memory_need: list[tuple[float, Shape]] = []
     for d in degrees(cluster, constraints, global_batch_size=global_batch_size,
-                     num_layers=num_layers, heads=heads,
-                     ring_attention=any(p.kv_heads for p in profiles), seq_len=graph.seq_len):
+                     num_layers=num_layers, heads=tp_heads(profiles),
+                     ring_attention=has_ring_attention(profiles), seq_len=graph.seq_len):
         family = [tables(s) for s in representatives(d, constraints,
                                                      global_batch_size=global_batch_size,
                                                      num_layers=num_layers)]
@@ -151,7 +150,8 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     fresh_next = False
     while heap:
         bound, _, item, t = _pop(heap, stalled if fresh_next else set(), _limit(best, incumbent),
-                                 lambda shape: shape in sharpened or shape in twin_of)
+                                 lambda shape: (shape in sharpened or shape in twin_of
+                                                or shape.pp == 1))  # no lazy term
         if bound >= _limit(best, incumbent):
             heapq.heappush(heap, (bound, _order(item), item, t))
             break
@@ -292,6 +292,9 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     folklore = [f for f in families if f.micro_batch_size == 1 and (
         f.pp == 1 or (f.cp in (1, 2) and f.tp in (node_tp, node_tp // 2)))]
 
+    def best_time() -> float:
+        return min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
+
     def megatron(shape: Shape, zero: int, schedules: tuple[str, ...]) -> bool:
         chunks = shape.pp * shape.virtual_stages
         even = shape.schedule in schedules or (shape.schedule == "interleaved"
@@ -308,11 +311,12 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
             if not megatron(shape, zero, schedules):
                 continue
             t = tables(shape)
-            best = min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
-            # The whole-layer fill (ms) is cheaper than a deep pipeline's estimate; the
-            # interleaved bubble bound can take longer than the estimate it would spare.
-            bound, fits = shape_bound(t, bubble=shape.virtual_stages == 1
-                                      and shape_bound(t)[0] < best)
+            best = best_time()
+            bound, fits = shape_bound(t)
+            if fits and bound < best and shape.virtual_stages == 1 and has_bubble_bound(t):
+                # The whole-layer fill (ms) is cheaper than a deep pipeline's estimate; the
+                # interleaved bubble bound can take longer than the estimate it would spare.
+                bound, fits = shape_bound(t, bubble=True)
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
                 _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
                              optimizer, stats, per_shape)
@@ -334,7 +338,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     for bound, family in bounded:
         if budget is not None and time.perf_counter() >= budget:
             return
-        if bound >= min((e.estimate.step_time for e in per_shape.values()), default=math.inf):
+        if bound >= best_time():
             return  # in bound order: no family left can beat the best
         if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1),
                                                       both):
@@ -401,7 +405,8 @@ def _solve_shape(twin: Twins, shape: Shape, graph: ModelGraph, cluster: Cluster,
     """Let the shape's model propose splits below the best time found so far (here or the
     ``incumbent``), costing each
     with ``estimate`` for the shape and its twins. Returns None once the model is exhausted,
-    or the bound of what it has left when this visit's share (or the time limit) ran out."""
+    or the bound of what it has left when this visit's share (or the time limit) ran out, or
+    at the first split that beats the best plan (so that the search reports it at once)."""
     model = twin.model
     for _ in range(CANDIDATES_PER_VISIT):
         left = None if deadline is None else deadline - time.perf_counter()
