@@ -38,7 +38,7 @@ from autopar.cost_models.memory import (
     model_state_bytes,
     peak_memory,
 )
-from autopar.cost_models.pipeline import StageCost, simulate
+from autopar.cost_models.pipeline import StageCost, peak_in_flight, simulate
 from autopar.layer_profiles import layer_profiles, tp_heads
 from autopar.tracing import ModelGraph, trace
 
@@ -156,31 +156,22 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
     busiest = max(range(config.pp), key=lambda s: sum(per_device[s]))
     compute, recompute, tp_comm, send = (x * m for x in per_device[busiest])
 
-    # Parameters each rank of a device holds, layer by layer (chunk c runs on device c % pp).
-    device_layer_params: list[list[float]] = [[] for _ in range(config.pp)]
-    for c, layers in enumerate(chunks):
-        device_layer_params[c % config.pp] += [profiles[i].params_per_rank(config.tp)
-                                               for i in layers]
-    largest = max(p.params_per_rank(config.tp) for p in profiles)
+    device_layer_params = _device_layer_params(profiles, chunks, config)
     dp_comm = optimizer_time = 0.0
-    memories: list[MemoryBreakdown] = []
     for s, group in enumerate(groups):
         layer_params = device_layer_params[s]
-        params = sum(layer_params)
         backward = sum(c.backward for c in stage_costs[s::config.pp])
         forward = sum(c.forward for c in stage_costs[s::config.pp])
         overlap = backward if config.zero_stage < 3 else (forward + backward) * m
         sync = dp_sync_time(layer_params, config, group, precision, m)
         dp_comm = max(dp_comm, max(0.0, sync - overlap))
-        owned = params / (config.dp * config.cp if config.zero_stage >= 1 else 1)
+        owned = sum(layer_params) / (config.dp * config.cp if config.zero_stage >= 1 else 1)
         device = group.device
         optimizer_time = max(optimizer_time, owned * OPTIMIZER_BYTES_PER_PARAM[optimizer] / (
             device.memory_bandwidth * device.memory_efficiency))
-        memories.append(_stage_memory(profiles, chunks, s, config, params, largest,
-                                      pipeline.in_flight[s], precision, optimizer))
-    headroom = [g.device.memory_bytes - mem.total for g, mem in zip(groups, memories,
-                                                                      strict=True)]
-    tightest = min(range(config.pp), key=headroom.__getitem__)
+    memories = _stage_memories(profiles, chunks, config, device_layer_params, m, precision,
+                               optimizer)
+    tightest = _tightest(groups, memories)
     worst = memories[tightest]
 
     # The schedule overlaps some sends (interleaved pays 2(p-1) of them in all): report only
@@ -206,10 +197,55 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
                 "optimizer": worst.optimizer, "activations": worst.activations,
                 "buffers": worst.buffers, "overhead": worst.overhead},
         capacity=float(groups[tightest].device.memory_bytes),
-        fits=min(headroom) >= 0,
+        fits=worst.total <= groups[tightest].device.memory_bytes,
         stage_times=[sum(x) * m for x in per_device],
         stage_memory=[mem.total for mem in memories],
     )
+
+
+def memory_fit(graph: ModelGraph, cluster: Cluster, config: ParallelConfig, *,
+               global_batch_size: int, precision: str = "bf16", optimizer: str = "adamw"
+               ) -> tuple[float, float]:
+    """``estimate``'s ``(peak_memory, capacity)``: the bytes the device with the least memory
+    left needs, and its memory. Without the step time, which needs the pipeline simulated:
+    the solver checks that a configuration fits before it pays for that (deep pipelines with
+    many micro-batches take 10-50 ms each)."""
+    profiles = layer_profiles(graph)
+    m = _validate(config, cluster, profiles, global_batch_size, precision, optimizer)
+    groups = stage_groups(cluster, config)
+    chunks = config.stage_layers(repeated_blocks(graph))
+    memories = _stage_memories(profiles, chunks, config,
+                               _device_layer_params(profiles, chunks, config), m, precision,
+                               optimizer)
+    tightest = _tightest(groups, memories)
+    return memories[tightest].total, float(groups[tightest].device.memory_bytes)
+
+
+def _device_layer_params(profiles: list[LayerProfile], chunks: list[range],
+                         config: ParallelConfig) -> list[list[float]]:
+    """Parameters each rank of a device holds, layer by layer (chunk c runs on device
+    c % pp)."""
+    out: list[list[float]] = [[] for _ in range(config.pp)]
+    for c, layers in enumerate(chunks):
+        out[c % config.pp] += [profiles[i].params_per_rank(config.tp) for i in layers]
+    return out
+
+
+def _stage_memories(profiles: list[LayerProfile], chunks: list[range], config: ParallelConfig,
+                    device_layer_params: list[list[float]], m: int, precision: str,
+                    optimizer: str) -> list[MemoryBreakdown]:
+    """Each device's memory; activations for as many micro-batches as its schedule holds at
+    once (``peak_in_flight``: a property of the schedule's order, not of its times)."""
+    largest = max(p.params_per_rank(config.tp) for p in profiles)
+    in_flight = peak_in_flight(config.schedule, config.pp, m, config.virtual_stages)
+    return [_stage_memory(profiles, chunks, s, config, sum(device_layer_params[s]), largest,
+                          in_flight[s], precision, optimizer) for s in range(config.pp)]
+
+
+def _tightest(groups: list[NodeGroup], memories: list[MemoryBreakdown]) -> int:
+    """The stage whose device has the least memory left."""
+    return min(range(len(groups)), key=lambda s: groups[s].device.memory_bytes
+               - memories[s].total)
 
 
 def stage_groups(cluster: Cluster, config: ParallelConfig) -> list[NodeGroup]:

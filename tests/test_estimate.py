@@ -167,3 +167,48 @@ def test_unknown_precision_or_optimizer_is_a_config_error() -> None:
         estimate(gpt(), cluster, ParallelConfig(dp=8), global_batch_size=8, precision="int4")
     with pytest.raises(ConfigError, match="optimizer='lion'.*adamw"):
         estimate(gpt(), cluster, ParallelConfig(dp=8), global_batch_size=8, optimizer="lion")
+
+
+def test_memory_fit_is_estimates_peak_and_capacity() -> None:
+    """``memory_fit`` (the memory half of ``estimate``, without simulating the pipeline)
+    gives ``estimate``'s peak memory and capacity to the bit, over schedules, ZeRO stages,
+    recomputation, splits and a heterogeneous cluster; and ``fits`` is peak <= capacity."""
+    import itertools
+    import random
+
+    from autopar.estimate import memory_fit
+
+    graph = gpt(layers=6)
+    n = len(graph.layers)
+    rng = random.Random(11)
+    a100 = Cluster.from_profile("dgx-a100", nodes=1)
+    small = a100.groups[0].model_copy(update={"device": a100.groups[0].device.model_copy(
+        update={"memory_bytes": 2**30})})
+    mixed = Cluster(name="small+h100", groups=[
+        small, Cluster.from_profile("dgx-h100", nodes=1).groups[0]])
+    checked = fits = 0
+    for cluster, (pp, schedule, v), zero, mode in itertools.product(
+            (a100, mixed), ((1, "1f1b", 1), (2, "gpipe", 1), (2, "1f1b", 1),
+                            (2, "zero_bubble", 1), (2, "interleaved", 2), (4, "interleaved", 2)),
+            (0, 1, 3), ("none", "selective", "full")):
+        tp = 2
+        dp = cluster.world_size // (tp * pp)
+        chunks = pp * v
+        cuts = sorted(rng.sample(range(1, n), chunks - 1))
+        split = tuple(b - a for a, b in zip((0, *cuts), (*cuts, n), strict=True))
+        modes = tuple(rng.choice(("none", "selective", "full")) for _ in range(n))
+        for layers_per_stage, recompute in ((None, mode), (split, modes)):
+            config = ParallelConfig(dp=dp, tp=tp, pp=pp, zero_stage=zero, schedule=schedule,
+                                    virtual_stages=v, sequence_parallel=True,
+                                    layers_per_stage=layers_per_stage, recompute=recompute)
+            gbs = dp * 2 * pp
+            try:
+                e = estimate(graph, cluster, config, global_batch_size=gbs)
+            except ConfigError:
+                continue
+            peak, capacity = memory_fit(graph, cluster, config, global_batch_size=gbs)
+            assert (peak, capacity) == (e.peak_memory, e.capacity), config
+            assert e.fits == (peak <= capacity)
+            checked += 1
+            fits += e.fits
+    assert checked > 150 and 0 < fits < checked

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from autopar.cluster import Cluster
 from autopar.config import ConfigError, ParallelConfig
-from autopar.estimate import Estimate, estimate, repeated_blocks
+from autopar.estimate import Estimate, estimate, memory_fit, repeated_blocks
 from autopar.layer_profiles import has_ring_attention, layer_profiles, tp_heads
 from autopar.solver import pp2
 from autopar.solver.bounds import (
@@ -351,21 +351,26 @@ def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints:
                  ) -> None:
     """Cost the configuration a person would write first (Megatron's even split, or
     ``split``, one recomputation mode for every layer, the cheapest that fits): a good plan
-    found early prunes more, and it costs one ``estimate`` per mode."""
+    found early prunes more. Each mode's memory is checked first (``memory_fit``); only the
+    first that fits gets an ``estimate``, whose pipeline simulation is the dear part."""
     for mode in ("none", "selective", "full"):
         if mode not in constraints.recompute:
             continue
         try:
             config = (shape.config(recompute=mode) if split is None else
                       shape.config(recompute=mode, layers_per_stage=split))
-            est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
-                           precision=precision, optimizer=optimizer)
+            peak, capacity = memory_fit(graph, cluster, config,
+                                        global_batch_size=global_batch_size,
+                                        precision=precision, optimizer=optimizer)
         except ConfigError:
             return
         stats.candidates += 1
-        if _fits(est, constraints.memory_headroom):
-            _record(shape, Evaluated(config, est), per_shape)
-            return
+        if peak > capacity * (1.0 - constraints.memory_headroom):
+            continue  # ``_fits`` of its estimate: the same figures
+        est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
+                       precision=precision, optimizer=optimizer)
+        _record(shape, Evaluated(config, est), per_shape)
+        return
 
 
 def _speed_split(t: ShapeTables) -> tuple[int, ...]:
