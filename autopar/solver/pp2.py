@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from autopar.cost_models.pipeline import _fixed_orders, _run_fixed
+from autopar.cost_models.pipeline import _fixed_sequence, _run_fixed
 from ortools.linear_solver import pywraplp
 
 from autopar.solver.paths import critical_path
@@ -120,7 +120,7 @@ class SplitSearch:
             self.sp[i + 1] = self.sp[i] + (f.dp_sync if zero3 else 0.0)
         self.send = list(t.sends(group))
         self.rate = t.optimizer_rate(group)
-        self.orders = _fixed_orders(s.schedule, self.p, self.m, self.v)
+        self.sequence = _fixed_sequence(s.schedule, self.p, self.m, self.v)
         self.least_optimizer = self.pp_[n] / self.p * self.rate
         # From each position on: the sums of work device 0 could take (so many layers of
         # each class; empty where too many: the work is then taken as divisible), the least
@@ -188,7 +188,7 @@ class SplitSearch:
 
     def _value(self, split: tuple[int, ...]) -> float:
         """``value`` of a split (module docstring)."""
-        pipe, _ = _run_fixed(self._chunks(split), self.orders)
+        pipe, _ = _run_fixed(self._chunks(split), self.sequence)
         par = [0.0] * self.p
         sync = [0.0] * self.p
         pos = 0
