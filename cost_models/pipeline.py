@@ -421,14 +421,12 @@ def _fixed_sequence(schedule: str, p: int, m: int, v: int) -> _Sequence:
     devices in turn. Compact columns: pp 64 x 256 micro-batches is 65 000 ops."""
     orders = _fixed_orders(schedule, p, m, v)
     last = p * v - 1
-    fwd_at: dict[tuple[int, int], int] = {}
-    bwd_at: dict[tuple[int, int], int] = {}
-    sequence = cast(_Sequence, tuple(array.array("i") for _ in range(5)))
-
-    def add(*op: int) -> None:
-        for column, value in zip(sequence, op, strict=True):
-            column.append(value)
-
+    # Position in the sequence of each (chunk, micro-batch)'s forward and backward, -1 before
+    # it is placed; plain lists of ints (no tuples made per op: nothing for the collector).
+    fwd_at = [-1] * (p * v * m)
+    bwd_at = [-1] * (p * v * m)
+    columns: tuple[list[int], ...] = ([], [], [], [], [])
+    devices, kinds, chunks, firsts, seconds = columns
     pos = [0] * p
     left = sum(map(len, orders))
     while left:
@@ -439,18 +437,22 @@ def _fixed_sequence(schedule: str, p: int, m: int, v: int) -> _Sequence:
             while j < len(order):
                 is_forward, k, i = order[j]
                 if is_forward:
-                    before = fwd_at.get((k - 1, i), -1) if k > 0 else -1
-                    if k > 0 and before < 0:
+                    first = fwd_at[(k - 1) * m + i] if k > 0 else -1
+                    if k > 0 and first < 0:
                         break
-                    fwd_at[(k, i)] = len(sequence[0])
-                    add(d, True, k, before, -1)
+                    second = -1
+                    fwd_at[k * m + i] = len(devices)
                 else:
-                    own = fwd_at.get((k, i), -1)
-                    after = bwd_at.get((k + 1, i), -1) if k < last else -1
-                    if own < 0 or (k < last and after < 0):
+                    first = fwd_at[k * m + i]
+                    second = bwd_at[(k + 1) * m + i] if k < last else -1
+                    if first < 0 or (k < last and second < 0):
                         break
-                    bwd_at[(k, i)] = len(sequence[0])
-                    add(d, False, k, own, after)
+                    bwd_at[k * m + i] = len(devices)
+                devices.append(d)
+                kinds.append(is_forward)
+                chunks.append(k)
+                firsts.append(first)
+                seconds.append(second)
                 j += 1
             if j != pos[d]:
                 left -= j - pos[d]
@@ -458,7 +460,7 @@ def _fixed_sequence(schedule: str, p: int, m: int, v: int) -> _Sequence:
                 progressed = True
         if not progressed:  # cannot happen for the orders built here; guards against a hang
             raise RuntimeError("pipeline schedule deadlocked: no device can start an op")
-    return sequence
+    return cast(_Sequence, tuple(array.array("i", column) for column in columns))
 
 
 def _run_fixed(stages: Sequence[StageCost], sequence: _Sequence) -> tuple[float, list[float]]:
