@@ -633,6 +633,33 @@ def test_interleaved_bubble_bound_never_exceeds_any_split(kind: str) -> None:
     assert closest * 1.3 > 1
 
 
+def test_interleaved_bubble_fits_its_weights_only_while_they_can_matter() -> None:
+    """With ``enough`` (the step time that prunes the shape) at or below the bound without
+    fitted weights, ``shape_bound(bubble=True)`` skips the fitting and returns that weaker,
+    still valid bound; asked again with ``enough`` above it, it fits, and returns what a
+    fresh full computation gives, to the bit; the fitted figures then stand."""
+    from autopar.solver.bounds import shape_bound
+    from autopar.solver.space import Shape
+
+    gpt = SmallGPT()
+    cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
+    raised = 0
+    for pp, v, zero, mbs in itertools.product((2, 4), (2, 4), (1, 3), (1, 2)):
+        if pp * v != gpt.n:
+            continue  # one layer per chunk: where the weights are fitted
+        dp = cluster.world_size // pp
+        gbs = dp * mbs * pp * 2
+        shape = Shape(1, pp, 1, dp, zero, False, "interleaved", v, mbs)
+        full, _ = shape_bound(gpt.tables(shape, cluster, gbs, costs={}), bubble=True)
+        tables = gpt.tables(shape, cluster, gbs, costs={})
+        skipped, _ = shape_bound(tables, bubble=True, enough=0.0)
+        assert skipped <= full
+        assert shape_bound(tables, bubble=True, enough=math.inf)[0] == full
+        assert shape_bound(tables, bubble=True, enough=0.0)[0] == full
+        raised += full > skipped
+    assert raised > 0
+
+
 def test_bubble_certificate_bounds_the_simulated_step() -> None:
     """Every weighted-paths certificate (the LP's, and random weights) is at most the
     simulated interleaved step, whatever the chunks and sends cost (random cases)."""

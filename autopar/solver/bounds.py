@@ -112,11 +112,13 @@ def _speed_share(t: ShapeTables) -> float:
     return t.costs[key]  # type: ignore[return-value]
 
 
-def shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
+def shape_bound(t: ShapeTables, *, bubble: bool = False, enough: float = math.inf
+                ) -> tuple[float, bool]:
     """(step-time lower bound, whether the devices can hold it) of one shape, valid for every
     split and recomputation; with ``bubble``, also the lazy pipeline term: the interleaved
     bubble (``_interleaved_bubble``) or the whole-layer fill (``_whole_layer_fill``), each
-    computed once per setting it reads."""
+    computed once per setting it reads. ``enough``: the step time the shape must reach to be
+    pruned (the best plan's); past it, the interleaved bubble skips its costliest part."""
     shape, m, p = t.shape, t.micro_batches, t.shape.pp
     work, zb_chain, optimizer = _work(t)
     fits, recompute = _least_recompute(t)
@@ -132,7 +134,9 @@ def shape_bound(t: ShapeTables, *, bubble: bool = False) -> tuple[float, bool]:
         pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
                    * _least_send(t))
     if bubble and has_bubble_bound(t):
-        pipe = max(pipe, _interleaved_bubble(t, extra) if shape.virtual_stages > 1
+        # What the pipeline term must reach for the bound to reach ``enough``.
+        needed = enough - optimizer - _least_dp_exposed(t, work)
+        pipe = max(pipe, _interleaved_bubble(t, extra, needed) if shape.virtual_stages > 1
                    else _whole_layer_fill(t))
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
@@ -229,7 +233,8 @@ def _whole_layer_fill(t: ShapeTables) -> float:
     return t.costs[key]  # type: ignore[return-value]
 
 
-def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
+def _interleaved_bubble(t: ShapeTables, recompute: float, enough: float = math.inf
+                        ) -> float:
     """Least pipeline time of an interleaved shape over every split: the weighted paths of
     ``bubble.py``, ``sum_k alpha_k F_k + beta_k B_k + sends s``, least over every split of the
     layers into chunks of one layer at least (``Certificate.contiguous``), each layer at its
@@ -239,7 +244,10 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
     allowed mode costs at least the fastest one both forward and backward. The weights start
     from ``certificate`` (per (p, v, m)) on one node group; on several, from the LP's for the
     groups' own costs (``certificate_for``), so the slower group's devices weigh more; where
-    chunks hold one layer each they are then fitted to the splits (``fitted_to_splits``)."""
+    chunks hold one layer each they are then fitted to the splits (``fitted_to_splits``),
+    but only while the bound is below ``enough``: the search passes what the pipeline must
+    reach for the shape to lose to the best plan, and the best plan only gets faster, so a
+    bound already there prunes for good without the fitting (20-130 ms on Llama-3-405B)."""
     s = t.shape
     m, p, k_chunks = t.micro_batches, s.pp, t.chunks
     # All it reads but the least send, which the result takes as a factor (the weights are
@@ -252,36 +260,45 @@ def _interleaved_bubble(t: ShapeTables, recompute: float) -> float:
                   for f in figures] for c in range(len(t.classes.size))]
         # Shapes that trade context parallelism for micro-batch size keep these costs (and
         # the least send): they share one certificate.
-        by_costs = ("bubble by costs", p, s.virtual_stages, m, _least_send(t),
-                    tuple(tuple(map(tuple, row)) for row in costs))
-        if by_costs not in t.costs:
-            t.costs[by_costs] = _bubble_terms(t, costs)
-        t.costs[key] = t.costs[by_costs]
-    weighted, coefficient, sends = cast(tuple[float, float, float], t.costs[key])
-    return weighted + coefficient * recompute + sends * _least_send(t)
+        t.costs[key] = (("bubble by costs", p, s.virtual_stages, m, _least_send(t),
+                         tuple(tuple(map(tuple, row)) for row in costs)), costs)
+    by_costs, costs = cast(tuple[tuple, list], t.costs[key])
+    fit = len(t.layer_class) - k_chunks <= k_chunks // 8
+    terms = cast(tuple[float, float, float, bool] | None, t.costs.get(by_costs))
+    if terms is None:
+        terms = _bubble_terms(t, costs, fit=False)
+    weighted, coefficient, sends, fitted = terms
+    value = weighted + coefficient * recompute + sends * _least_send(t)
+    if fit and not fitted and value < enough:
+        # Seven chunks in eight at least hold a single layer: the fill runs through whole
+        # layers, and weights fitted to the splits bound far more (Llama-3-405B: 4.49 ->
+        # 4.66 s at 32 x 4 chunks of its 129 layers). With more layers per chunk they
+        # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
+        terms = _bubble_terms(t, costs, fit=True)
+        weighted, coefficient, sends, fitted = terms
+        value = weighted + coefficient * recompute + sends * _least_send(t)
+    t.costs[by_costs] = terms
+    return value
 
 
-def _bubble_terms(t: ShapeTables, costs: list) -> tuple[float, float, float]:
+def _bubble_terms(t: ShapeTables, costs: list, *, fit: bool
+                  ) -> tuple[float, float, float, bool]:
     """``_interleaved_bubble``'s figures for chunk costs ``costs`` (per class, chunk, mode):
     the least weighted cost over contiguous splits, the least coefficient of recomputation,
-    and the factor of the least send."""
+    the factor of the least send, and whether the weights were fitted to the splits."""
     s = t.shape
-    p, m, k_chunks = s.pp, t.micro_batches, t.chunks
+    p, m = s.pp, t.micro_batches
     if len(t.distinct_groups) == 1:
         cert = certificate(p, s.virtual_stages, m)
     else:
         cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
                                _least_send(t))
-    if len(t.layer_class) - k_chunks <= k_chunks // 8:
-        # Seven chunks in eight at least hold a single layer: the fill runs through whole
-        # layers, and weights fitted to the splits bound far more (Llama-3-405B: 4.49 ->
-        # 4.66 s at 32 x 4 chunks of its 129 layers). With more layers per chunk they
-        # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
+    if fit:
         cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class, _least_send(t),
                                 cert)
     total, dominated, _ = cert.contiguous(costs, t.layer_class)
     least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
-    return total, least_coefficient, cert.sends
+    return total, least_coefficient, cert.sends, fit
 
 
 def _least_send(t: ShapeTables) -> float:

@@ -176,7 +176,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
             # whole-layer fill, too slow to compute for every shape), which may put it back
             # higher.
             sharpened.add(item)
-            sharper, _ = shape_bound(t, bubble=True)
+            sharper, _ = shape_bound(t, bubble=True, enough=_limit(best, incumbent))
             if sharper > bound:
                 heapq.heappush(heap, (sharper, _order(item), item, t))
                 continue
