@@ -277,8 +277,10 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
        parallelism across one node or half of one with context parallelism of 1 or 2 at every
        pipeline depth; 1F1B and interleaving with every chunk
        count that splits the blocks evenly (as Megatron-LM requires).
-    2. Then every family in bound order, the same configurations and zero-bubble on 1F1B's
-       stages (with ZeRO-3 where ZeRO-1 does not fit).
+    2. Then every family in bound order, the same configurations, zero-bubble on 1F1B's
+       stages, and interleaving with the other chunk counts, the layers spread as evenly as
+       they go, the extra ones on the first chunks or on the last (with ZeRO-3 where ZeRO-1
+       does not fit).
 
     The folklore is costed whatever the time limit (so the plan never loses to it); the rest
     stops at the first family whose bound is no better than the best plan, or once half of
@@ -296,15 +298,14 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
         return min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
 
     def megatron(shape: Shape, zero: int, schedules: tuple[str, ...]) -> bool:
-        chunks = shape.pp * shape.virtual_stages
-        even = shape.schedule in schedules or (shape.schedule == "interleaved"
-                                               and blocks % chunks == 0)
-        return even and shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage == zero
+        return (shape.schedule in (*schedules, "interleaved")
+                and shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage == zero)
 
-    def cost_family(family: Degrees, zero: int, schedules: tuple[str, ...] = ("1f1b",)
-                    ) -> bool:
+    def cost_family(family: Degrees, zero: int, schedules: tuple[str, ...] = ("1f1b",),
+                    uneven: bool = True) -> bool:
         """Cost the family's Megatron-style configurations at ``zero`` (the even split, one
-        chunk per device for ``schedules``); whether any fitted."""
+        chunk per device for ``schedules``; with ``uneven``, interleaving whose chunks do not
+        divide the blocks too, by ``_even_splits``); whether any fitted."""
         found = False
         for shape in shapes(family, constraints, global_batch_size=global_batch_size,
                             num_layers=num_layers):
@@ -318,8 +319,13 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                 # interleaved bubble bound can take longer than the estimate it would spare.
                 bound, fits = shape_bound(t, bubble=True)
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
-                _try_uniform(shape, graph, cluster, constraints, global_batch_size, precision,
-                             optimizer, stats, per_shape)
+                if shape.schedule != "interleaved" or blocks % t.chunks == 0:
+                    _try_uniform(shape, graph, cluster, constraints, global_batch_size,
+                                 precision, optimizer, stats, per_shape)
+                elif uneven:  # Megatron's split needs the blocks to divide among the chunks
+                    for split in _even_splits(num_layers, t.chunks):
+                        _try_uniform(shape, graph, cluster, constraints, global_batch_size,
+                                     precision, optimizer, stats, per_shape, split=split)
                 if len(cluster.groups) > 1:
                     _try_uniform(shape, graph, cluster, constraints, global_batch_size,
                                  precision, optimizer, stats, per_shape,
@@ -331,7 +337,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
         deadline - time.perf_counter()) / 2
     for family in folklore:
         # Whatever the time limit: the plan never loses to what a person writes by hand.
-        cost_family(family, min(1, family.dp * family.cp - 1))
+        cost_family(family, min(1, family.dp * family.cp - 1), uneven=False)
     # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too: on
     # deep pipelines it is often the better of the two.
     both = ("1f1b", "zero_bubble")
@@ -371,6 +377,15 @@ def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints:
                        precision=precision, optimizer=optimizer)
         _record(shape, Evaluated(config, est), per_shape)
         return
+
+
+def _even_splits(layers: int, chunks: int) -> list[tuple[int, ...]]:
+    """The layers spread as evenly as the chunks allow, the extra ones on the first chunks
+    or on the last (interleaving holds more micro-batches on the first: the last may be what
+    fits)."""
+    base, extra = divmod(layers, chunks)
+    front = tuple(base + (i < extra) for i in range(chunks))
+    return [front] if not extra else [front, front[::-1]]
 
 
 def _speed_split(t: ShapeTables) -> tuple[int, ...]:
