@@ -277,13 +277,14 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
        parallelism across one node or half of one with context parallelism of 1 or 2 at every
        pipeline depth; 1F1B and interleaving with every chunk
        count that splits the blocks evenly (as Megatron-LM requires).
-    2. Then every family in bound order, the same configurations, zero-bubble on 1F1B's
-       stages, and interleaving with the other chunk counts, the layers spread as evenly as
-       they go, the extra ones on the first chunks or on the last (with ZeRO-3 where ZeRO-1
-       does not fit).
+    2. Then every family in bound order, the same configurations and zero-bubble on 1F1B's
+       stages (with ZeRO-3 where ZeRO-1 does not fit).
+    3. Then again, interleaving with the other chunk counts: the layers spread as evenly as
+       they go, the extra ones on the first chunks or on the last.
 
-    The folklore is costed whatever the time limit (so the plan never loses to it); the rest
-    stops at the first family whose bound is no better than the best plan, or once half of
+    The folklore is costed whatever the time limit (so the plan never loses to it); each
+    pass of the rest stops at the first family whose bound is no better than the best plan,
+    and both once half of
     the time left after bounding is spent.
     """
     bounded = [(bound, item) for bound, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
@@ -302,14 +303,16 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                 and shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage == zero)
 
     def cost_family(family: Degrees, zero: int, schedules: tuple[str, ...] = ("1f1b",),
-                    uneven: bool = True) -> bool:
+                    uneven: bool = False) -> bool:
         """Cost the family's Megatron-style configurations at ``zero`` (the even split, one
-        chunk per device for ``schedules``; with ``uneven``, interleaving whose chunks do not
-        divide the blocks too, by ``_even_splits``); whether any fitted."""
+        chunk per device for ``schedules``), or with ``uneven`` its interleaving whose chunks
+        do not divide the blocks (``_even_splits``); whether any fitted."""
         found = False
         for shape in shapes(family, constraints, global_batch_size=global_batch_size,
                             num_layers=num_layers):
-            if not megatron(shape, zero, schedules):
+            divides = shape.schedule != "interleaved" or blocks % (
+                shape.pp * shape.virtual_stages) == 0
+            if not megatron(shape, zero, schedules) or divides == uneven:
                 continue
             t = tables(shape)
             best = best_time()
@@ -319,10 +322,10 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                 # interleaved bubble bound can take longer than the estimate it would spare.
                 bound, fits = shape_bound(t, bubble=True)
             if fits and bound < best:  # what the bound rules out cannot beat the best so far
-                if shape.schedule != "interleaved" or blocks % t.chunks == 0:
+                if divides:
                     _try_uniform(shape, graph, cluster, constraints, global_batch_size,
                                  precision, optimizer, stats, per_shape)
-                elif uneven:  # Megatron's split needs the blocks to divide among the chunks
+                else:  # Megatron's split needs the blocks to divide among the chunks
                     for split in _even_splits(num_layers, t.chunks):
                         _try_uniform(shape, graph, cluster, constraints, global_batch_size,
                                      precision, optimizer, stats, per_shape, split=split)
@@ -337,18 +340,20 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
         deadline - time.perf_counter()) / 2
     for family in folklore:
         # Whatever the time limit: the plan never loses to what a person writes by hand.
-        cost_family(family, min(1, family.dp * family.cp - 1), uneven=False)
+        cost_family(family, min(1, family.dp * family.cp - 1))
     # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too: on
     # deep pipelines it is often the better of the two.
+    # Then, in a second pass, the uneven interleaved splits (many shapes, rarely the best).
     both = ("1f1b", "zero_bubble")
-    for bound, family in bounded:
-        if budget is not None and time.perf_counter() >= budget:
-            return
-        if bound >= best_time():
-            return  # in bound order: no family left can beat the best
-        if family not in folklore and not cost_family(family, min(1, family.dp * family.cp - 1),
-                                                      both):
-            cost_family(family, 3, both)
+    for uneven in (False, True):
+        for bound, family in bounded:
+            if budget is not None and time.perf_counter() >= budget:
+                return
+            if bound >= best_time():
+                break  # in bound order: no family left can beat the best
+            if (uneven or family not in folklore) and not cost_family(
+                    family, min(1, family.dp * family.cp - 1), both, uneven):
+                cost_family(family, 3, both, uneven)
 
 
 def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints: Constraints,
