@@ -144,10 +144,8 @@ def estimate(model_or_graph: Any, cluster: Cluster, config: ParallelConfig, *,
     """
     graph = model_or_graph if isinstance(model_or_graph, ModelGraph) else trace(
         model_or_graph, example_inputs)
-    profiles = layer_profiles(graph)
-    m = _validate(config, cluster, profiles, global_batch_size, precision, optimizer)
-    groups = stage_groups(cluster, config)
-    chunks = config.stage_layers(repeated_blocks(graph))
+    profiles, m, groups, chunks = _layout(graph, cluster, config, global_batch_size, precision,
+                                          optimizer)
     costs = [_chunk_cost(profiles, layers, config, groups[c % config.pp], precision,
                          graph.seq_len) for c, layers in enumerate(chunks)]
     stage_costs = [cost for cost, _ in costs]
@@ -210,15 +208,24 @@ def memory_fit(graph: ModelGraph, cluster: Cluster, config: ParallelConfig, *,
     left needs, and its memory. Without the step time, which needs the pipeline simulated:
     the solver checks that a configuration fits before it pays for that (deep pipelines with
     many micro-batches take 10-50 ms each)."""
-    profiles = layer_profiles(graph)
-    m = _validate(config, cluster, profiles, global_batch_size, precision, optimizer)
-    groups = stage_groups(cluster, config)
-    chunks = config.stage_layers(repeated_blocks(graph))
+    profiles, m, groups, chunks = _layout(graph, cluster, config, global_batch_size, precision,
+                                          optimizer)
     memories = _stage_memories(profiles, chunks, config,
                                _device_layer_params(profiles, chunks, config), m, precision,
                                optimizer)
     tightest = _tightest(groups, memories)
     return memories[tightest].total, float(groups[tightest].device.memory_bytes)
+
+
+def _layout(graph: ModelGraph, cluster: Cluster, config: ParallelConfig, global_batch_size: int,
+            precision: str, optimizer: str
+            ) -> tuple[list[LayerProfile], int, list[NodeGroup], list[range]]:
+    """What ``estimate`` and ``memory_fit`` both start from, once ``config`` is checked: the
+    layer profiles, the micro-batch count, each stage's node group and each chunk's layers."""
+    profiles = layer_profiles(graph)
+    m = _validate(config, cluster, profiles, global_batch_size, precision, optimizer)
+    return profiles, m, stage_groups(cluster, config), config.stage_layers(
+        repeated_blocks(graph))
 
 
 def _device_layer_params(profiles: list[LayerProfile], chunks: list[range],

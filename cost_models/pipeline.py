@@ -38,7 +38,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
+from typing import Literal, get_args
 
 from autopar.errors import AutoparError
 
@@ -407,7 +407,12 @@ def _fixed_orders(schedule: str, p: int, m: int, v: int
                  for order in _orders(schedule, p, m, v))
 
 
-_Sequence = tuple[array.array, array.array, array.array, array.array, array.array]
+@dataclass(frozen=True)
+class _Sequence:
+    """``_fixed_sequence``'s result: the device count and the ops' columns."""
+
+    devices: int
+    columns: tuple[array.array, ...]
 
 
 @functools.lru_cache(maxsize=256)
@@ -460,7 +465,7 @@ def _fixed_sequence(schedule: str, p: int, m: int, v: int) -> _Sequence:
                 progressed = True
         if not progressed:  # cannot happen for the orders built here; guards against a hang
             raise RuntimeError("pipeline schedule deadlocked: no device can start an op")
-    return cast(_Sequence, tuple(array.array("i", column) for column in columns))
+    return _Sequence(p, tuple(array.array("i", column) for column in columns))
 
 
 def _run_fixed(stages: Sequence[StageCost], sequence: _Sequence) -> tuple[float, list[float]]:
@@ -469,14 +474,15 @@ def _run_fixed(stages: Sequence[StageCost], sequence: _Sequence) -> tuple[float,
     duration``, with the very same float operations as the simulation (the same ``max`` of
     the same sums, ``busy`` summed in each device's order), so the figures are equal to the
     bit; it only skips the event queue."""
-    n = 1 + max(sequence[0])
+    n = sequence.devices
     forward = [s.forward for s in stages]
     backward = [s.backward for s in stages]
     send = [s.send for s in stages]
-    end = [0.0] * len(sequence[0])
+    end = [0.0] * len(sequence.columns[0])
     free = [0.0] * n
     busy = [0.0] * n
-    for at, (d, is_forward, k, first, second) in enumerate(zip(*sequence, strict=True)):
+    for at, (d, is_forward, k, first, second) in enumerate(zip(*sequence.columns,
+                                                               strict=True)):
         if is_forward:
             ready = 0.0
             if first >= 0:

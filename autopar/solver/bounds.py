@@ -263,22 +263,22 @@ def _interleaved_bubble(t: ShapeTables, recompute: float, enough: float = math.i
         t.costs[key] = (("bubble by costs", p, s.virtual_stages, m, _least_send(t),
                          tuple(tuple(map(tuple, row)) for row in costs)), costs)
     by_costs, costs = cast(tuple[tuple, list], t.costs[key])
-    fit = len(t.layer_class) - k_chunks <= k_chunks // 8
-    terms = cast(tuple[float, float, float, bool] | None, t.costs.get(by_costs))
-    if terms is None:
-        terms = _bubble_terms(t, costs, fit=False)
-    weighted, coefficient, sends, fitted = terms
-    value = weighted + coefficient * recompute + sends * _least_send(t)
-    if fit and not fitted and value < enough:
-        # Seven chunks in eight at least hold a single layer: the fill runs through whole
-        # layers, and weights fitted to the splits bound far more (Llama-3-405B: 4.49 ->
-        # 4.66 s at 32 x 4 chunks of its 129 layers). With more layers per chunk they
-        # gained nothing measurable for their time (32 x 3, 16 x 7 chunks).
+
+    def value(terms: tuple[float, float, float, bool]) -> float:
+        weighted, coefficient, sends, _ = terms
+        return weighted + coefficient * recompute + sends * _least_send(t)
+
+    terms = cast(tuple[float, float, float, bool] | None, t.costs.get(by_costs)) \
+        or _bubble_terms(t, costs, fit=False)
+    # Seven chunks in eight at least hold a single layer: the fill runs through whole layers,
+    # and weights fitted to the splits bound far more (Llama-3-405B: 4.49 -> 4.66 s at 32 x 4
+    # chunks of its 129 layers). With more layers per chunk they gained nothing measurable
+    # for their time (32 x 3, 16 x 7 chunks).
+    if len(t.layer_class) - k_chunks <= k_chunks // 8 and not terms[3] \
+            and value(terms) < enough:
         terms = _bubble_terms(t, costs, fit=True)
-        weighted, coefficient, sends, fitted = terms
-        value = weighted + coefficient * recompute + sends * _least_send(t)
     t.costs[by_costs] = terms
-    return value
+    return value(terms)
 
 
 def _bubble_terms(t: ShapeTables, costs: list, *, fit: bool

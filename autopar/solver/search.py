@@ -376,8 +376,8 @@ def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints:
         except ConfigError:
             return
         stats.candidates += 1
-        if peak > capacity * (1.0 - constraints.memory_headroom):
-            continue  # ``_fits`` of its estimate: the same figures
+        if not _room(peak, capacity, constraints.memory_headroom):
+            continue  # what ``_fits`` would say of its estimate
         est = estimate(graph, cluster, config, global_batch_size=global_batch_size,
                        precision=precision, optimizer=optimizer)
         _record(shape, Evaluated(config, est), per_shape)
@@ -497,7 +497,12 @@ def _key(e: Evaluated) -> tuple:
 
 
 def _fits(est: Estimate, headroom: float) -> bool:
-    return est.fits and est.peak_memory <= est.capacity * (1.0 - headroom)
+    return est.fits and _room(est.peak_memory, est.capacity, headroom)
+
+
+def _room(peak: float, capacity: float, headroom: float) -> bool:
+    """Whether ``peak`` bytes leave ``headroom`` of ``capacity`` free."""
+    return peak <= capacity * (1.0 - headroom)
 
 
 def _describe(config: ParallelConfig) -> str:
