@@ -41,7 +41,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import networkx as nx
-from ortools.graph.python import max_flow
 
 MEMORY_BOUND = frozenset({"elementwise", "normalisation", "reduction"})
 """Op classes a fused kernel or a compiler merges with their neighbours."""
@@ -223,7 +222,10 @@ def _sink_side_of_min_cut(arcs: list[tuple[Hashable, Hashable, float | None]]
     its arcs: the sink side of the minimum cut with the largest source side (the cut
     networkx's ``minimum_cut`` returns). OR-Tools' max flow, ~15x faster than networkx's on
     these small graphs, which every layer of every traced model builds. Capacities are byte
-    counts (whole numbers); None is unbounded."""
+    counts (whole numbers); None is unbounded. OR-Tools is imported here, not with
+    ``import autopar``."""
+    from ortools.graph.python import max_flow
+
     nodes: dict[Hashable, int] = {"source": 0, "sink": 1}
     for u, v, _ in arcs:
         nodes.setdefault(u, len(nodes))

@@ -183,22 +183,22 @@ def test_after_a_stalled_visit_the_shape_with_fewest_splits_goes_next() -> None:
         heapq.heapify(h)
         return h
 
-    def ready(name: str) -> bool:
-        return True
+    def unsharpened(name: str, t: object) -> bool:  # every bound is already sharp
+        return False
 
     h = heap()
-    assert _pop(h, set(), 5.0, ready)[2] == "A"
+    assert _pop(h, set(), 5.0, unsharpened)[2] == "A"
     h = heap()
     # c and f: 8 splits, against b's 969; e is past the limit.
-    assert _pop(h, {("a",)}, 5.0, ready)[2] == "C"
+    assert _pop(h, {("a",)}, 5.0, unsharpened)[2] == "C"
     assert sorted(x[2] for x in h) == ["A", "B", "D", "E", "F"]
     assert [heapq.heappop(h)[2] for _ in range(5)] == ["A", "B", "D", "F", "E"]
     h = heap()
-    assert _pop(h, {("a",)}, 5.0, lambda name: name != "C")[2] == "F"  # c not ready
+    assert _pop(h, {("a",)}, 5.0, lambda name, t: name == "C")[2] == "F"  # c unsharpened
     h = heap()
-    assert _pop(h, {("a",), ("b",), ("c",), ("f",)}, 5.0, ready)[2] == "D"
+    assert _pop(h, {("a",), ("b",), ("c",), ("f",)}, 5.0, unsharpened)[2] == "D"
     h = heap()
-    assert _pop(h, {("a",), ("b",), ("c",), ("f",)}, 2.0, ready)[2] == "A"  # none else below
+    assert _pop(h, {("a",), ("b",), ("c",), ("f",)}, 2.0, unsharpened)[2] == "A"  # none else below
 
 
 def test_plan_beats_every_uniform_configuration() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from autopar.cost_models.memory import FRAGMENTATION, FRAMEWORK_BYTES
 
 from autopar.cluster import NodeGroup
-from autopar.solver.bubble import certificate, certificate_for, fitted_to_splits
+from autopar.solver.bubble import Certificate, certificate, certificate_for, fitted_to_splits
 from autopar.solver.tables import ShapeTables
 
 ROUNDING = 1e-9
@@ -134,10 +134,12 @@ def shape_bound(t: ShapeTables, *, bubble: bool = False, enough: float = math.in
         pipe = max(pipe, m * work / p + interleaved_sends(p, shape.virtual_stages, m)
                    * _least_send(t))
     if bubble and has_bubble_bound(t):
-        # What the pipeline term must reach for the bound to reach ``enough``.
-        needed = enough - optimizer - _least_dp_exposed(t, work)
-        pipe = max(pipe, _interleaved_bubble(t, extra, needed) if shape.virtual_stages > 1
-                   else _whole_layer_fill(t))
+        if shape.virtual_stages > 1:
+            # What the pipeline term must reach for the bound to reach ``enough``.
+            needed = enough - optimizer - _least_dp_exposed(t, work)
+            pipe = max(pipe, _interleaved_bubble(t, extra, needed))
+        else:
+            pipe = max(pipe, _whole_layer_fill(t))
     if shape.virtual_stages == 1 and p > 1:
         # Device d needs m * C_d plus the first micro-batch's forward (and, but for
         # zero-bubble, backward) through the stages before it, at least a share ``phi`` of
@@ -208,9 +210,12 @@ def _whole_layer_fill(t: ShapeTables) -> float:
     if key not in t.costs:
         classes = t.layer_class
         n = len(classes)
-        fill = [min(f[c].forward(mode) + (0.0 if zero_bubble else f[c].backward(mode))
-                    for f in (t.base(g) for g in t.distinct_groups) for mode in t.modes)
-                for c in range(len(t.classes.size))]
+        if zero_bubble:
+            fill = [min(f[c].forward(mode) for f in (t.base(g) for g in t.distinct_groups)
+                        for mode in t.modes) for c in range(len(t.classes.size))]
+        else:
+            fill = [min(work) for work in zip(*(least_work(t, g) for g in t.distinct_groups),
+                                              strict=True)]
         fill_before = np.concatenate(([0.0], np.cumsum([fill[c] for c in classes])))
         send = _least_send(t) * (1 if zero_bubble else 2)
         later = np.full(n + 1, math.inf)  # least over the stages after d, by first layer
@@ -264,41 +269,45 @@ def _interleaved_bubble(t: ShapeTables, recompute: float, enough: float = math.i
                          tuple(tuple(map(tuple, row)) for row in costs)), costs)
     by_costs, costs = cast(tuple[tuple, list], t.costs[key])
 
-    def value(terms: tuple[float, float, float, bool]) -> float:
+    def value(terms: _BubbleTerms) -> float:
         weighted, coefficient, sends, _ = terms
         return weighted + coefficient * recompute + sends * _least_send(t)
 
-    terms = cast(tuple[float, float, float, bool] | None, t.costs.get(by_costs)) \
-        or _bubble_terms(t, costs, fit=False)
+    terms = cast(_BubbleTerms | None, t.costs.get(by_costs)) or _bubble_terms(t, costs)
     # Seven chunks in eight at least hold a single layer: the fill runs through whole layers,
     # and weights fitted to the splits bound far more (Llama-3-405B: 4.49 -> 4.66 s at 32 x 4
     # chunks of its 129 layers). With more layers per chunk they gained nothing measurable
     # for their time (32 x 3, 16 x 7 chunks).
-    if len(t.layer_class) - k_chunks <= k_chunks // 8 and not terms[3] \
+    if len(t.layer_class) - k_chunks <= k_chunks // 8 and terms[3] is not None \
             and value(terms) < enough:
-        terms = _bubble_terms(t, costs, fit=True)
+        terms = _bubble_terms(t, costs, start=terms[3])
     t.costs[by_costs] = terms
     return value(terms)
 
 
-def _bubble_terms(t: ShapeTables, costs: list, *, fit: bool
-                  ) -> tuple[float, float, float, bool]:
+_BubbleTerms = tuple[float, float, float, Certificate | None]
+"""(least weighted cost over contiguous splits, least coefficient of recomputation, factor of
+the least send, the certificate to fit to the splits from: None once fitted)."""
+
+
+def _bubble_terms(t: ShapeTables, costs: list, start: Certificate | None = None
+                  ) -> _BubbleTerms:
     """``_interleaved_bubble``'s figures for chunk costs ``costs`` (per class, chunk, mode):
-    the least weighted cost over contiguous splits, the least coefficient of recomputation,
-    the factor of the least send, and whether the weights were fitted to the splits."""
+    from the starting certificate, or, given it as ``start``, from its weights fitted to the
+    splits (the start is not built twice: on several node groups it is an LP)."""
     s = t.shape
     p, m = s.pp, t.micro_batches
-    if len(t.distinct_groups) == 1:
+    if start is not None:
+        cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class, _least_send(t),
+                                start)
+    elif len(t.distinct_groups) == 1:
         cert = certificate(p, s.virtual_stages, m)
     else:
         cert = certificate_for(p, s.virtual_stages, m, costs, list(t.classes.size),
                                _least_send(t))
-    if fit:
-        cert = fitted_to_splits(p, s.virtual_stages, m, costs, t.layer_class, _least_send(t),
-                                cert)
     total, dominated, _ = cert.contiguous(costs, t.layer_class)
     least_coefficient = min(min(a, b) for a, b in cert.pairs) if dominated else 0.0
-    return total, least_coefficient, cert.sends, fit
+    return total, least_coefficient, cert.sends, cert if start is None else None
 
 
 def _least_send(t: ShapeTables) -> float:

@@ -148,10 +148,15 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     stalled: set[tuple] = set()  # signatures whose model ran out of its slice last time
     stopped_at: float | None = None
     fresh_next = False
+
+    def unsharpened(shape: Shape, t: ShapeTables) -> bool:
+        """Whether the shape's lazy pipeline term is still to be added (before its first
+        solve)."""
+        return shape not in twin_of and shape not in sharpened and has_bubble_bound(t)
+
     while heap:
         bound, _, item, t = _pop(heap, stalled if fresh_next else set(), _limit(best, incumbent),
-                                 lambda shape: (shape in sharpened or shape in twin_of
-                                                or shape.pp == 1))  # no lazy term
+                                 unsharpened)
         if bound >= _limit(best, incumbent):
             heapq.heappush(heap, (bound, _order(item), item, t))
             break
@@ -171,7 +176,7 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
                     stats.pruned_by_memory += 1
             continue
         assert t is not None and isinstance(item, Shape)
-        if item not in twin_of and item not in sharpened and has_bubble_bound(t):
+        if unsharpened(item, t):
             # About to be solved: first the lazy pipeline term (the interleaved bubble or the
             # whole-layer fill, too slow to compute for every shape), which may put it back
             # higher.
@@ -228,12 +233,12 @@ def search(graph: ModelGraph, cluster: Cluster, *, global_batch_size: int, preci
     return SearchResult(best, others[:runners_up], stats, lean)
 
 
-def _pop(heap: list, stalled: set[tuple], limit: float, ready: Callable[[Shape], bool]
-         ) -> tuple:
+def _pop(heap: list, stalled: set[tuple], limit: float,
+         unsharpened: Callable[[Shape, ShapeTables], bool]) -> tuple:
     """The heap's least entry; or, if that is a shape whose model (shared by its twins, so
     by signature) is ``stalled``, the shape below ``limit`` with the fewest splits whose
-    model is not (among those, first the shapes ``ready`` to be solved, whose bound is already
-    sharp, then the least bound; a family if no shape is left): after a stalled visit, the
+    model is not (among those, first the shapes whose bound is already sharp, not
+    ``unsharpened``, then the least bound; a family if no shape is left): after a stalled visit, the
     next goes where a plan is quickest to find, so that one model slow to solve cannot take
     the whole time limit and a better plan prunes sooner. Only the order of visits changes;
     what the search proves does not."""
@@ -246,7 +251,7 @@ def _pop(heap: list, stalled: set[tuple], limit: float, ready: Callable[[Shape],
     # for the entries looked at.
     below = sorted((i for i, e in enumerate(heap) if e[0] < limit),
                    key=lambda i: (heap[i][3] is None, _splits(heap[i][3]),
-                                  heap[i][3] is not None and not ready(heap[i][2]),
+                                  heap[i][3] is not None and unsharpened(heap[i][2], heap[i][3]),
                                   heap[i][:2]))
     chosen = next((i for i in below if not is_stalled(heap[i])), None)
     if chosen is None:
