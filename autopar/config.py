@@ -72,8 +72,10 @@ class ParallelConfig(BaseModel):
 
         ``is_block[i]`` says whether layer ``i`` is one of the model's repeated blocks. Without
         ``layers_per_stage`` the split is Megatron's: blocks spread as evenly as possible, the
-        layers before the first block (embeddings) on the first chunk and those after the last
-        (final norm, head) on the last.
+        layers before the first block (embeddings) on the first chunk, and every other layer
+        that is not a block with the block before it: the final norm and head on the last
+        chunk, an encoder's final norm and a decoder's embedding (T5) with the encoder's last
+        block.
         """
         num_layers = len(is_block)
         chunks = self.pp * self.virtual_stages
@@ -90,8 +92,8 @@ class ParallelConfig(BaseModel):
                     f"pp x virtual_stages = {chunks} pipeline chunks but the model has only "
                     f"{len(blocks)} blocks to split; use fewer stages")
             base, extra = divmod(len(blocks), chunks)
-            counts = [base + (1 if i < extra else 0) for i in range(chunks)]
-            counts[0] += blocks[0]
-            counts[-1] += num_layers - 1 - blocks[-1]
+            firsts = [blocks[c * base + min(c, extra)] for c in range(1, chunks)]
+            bounds = [0, *firsts, num_layers]
+            counts = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
         starts = [sum(counts[:i]) for i in range(chunks)]
         return [range(s, s + c) for s, c in zip(starts, counts, strict=True)]

@@ -28,7 +28,8 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     stage splits and per-layer recomputation for the fastest step that fits in memory.
 
     ``model`` is an ``nn.Module`` (traced with ``example_inputs``, on the meta device if you
-    like) or a ``ModelGraph``. Without ``time_limit_s`` the plan is optimal under the cost
+    like: a tensor, a tuple of positional inputs, or a dict of keyword inputs) or a
+    ``ModelGraph``. Without ``time_limit_s`` the plan is optimal under the cost
     model; with one, the best plan found and its proven gap. ``progress`` receives a line each
     time a better plan is found. Raises ``InfeasibleError`` when nothing fits.
     """

@@ -84,6 +84,17 @@ def test_default_pipeline_split_follows_megatron() -> None:
         ParallelConfig(pp=2, layers_per_stage=(5, 5)).stage_layers(is_block)
 
 
+def test_default_split_keeps_the_layers_between_blocks() -> None:
+    # An encoder-decoder: the encoder's final norm and the decoder's embedding sit between
+    # the two runs of blocks, and go with the block before them.
+    is_block = [False] + [True] * 4 + [False, False] + [True] * 4 + [False, False]
+    for pp in (1, 2, 4):
+        stages = ParallelConfig(pp=pp).stage_layers(is_block)
+        assert [i for s in stages for i in s] == list(range(len(is_block)))
+    assert [len(s) for s in ParallelConfig(pp=2).stage_layers(is_block)] == [7, 6]
+    assert [len(s) for s in ParallelConfig(pp=4).stage_layers(is_block)] == [3, 4, 2, 4]
+
+
 def test_batch_must_split_into_micro_batches() -> None:
     assert ParallelConfig(dp=4, micro_batch_size=2).micro_batches(64) == 8
     with pytest.raises(ConfigError, match="multiple of dp x micro_batch_size = 8"):

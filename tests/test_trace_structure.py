@@ -265,6 +265,30 @@ def test_other_hugging_face_architectures(architecture: str) -> None:
     assert any(p.kind == "column_row" for layer in graph.layers for p in layer.tp_patterns)
 
 
+def test_an_encoder_decoder_plans_from_keyword_inputs() -> None:
+    """T5's encoder final norm and decoder embedding sit between its two runs of blocks: the
+    plan's stages hold every layer (they once lost the last two), and ``plan`` takes the
+    keyword inputs as a dict."""
+    import transformers as T
+
+    config = _other_hf_models()["T5ForConditionalGeneration"]
+    config.use_cache = False  # type: ignore[attr-defined]
+    with torch.device("meta"):
+        model = T.T5ForConditionalGeneration(config)
+    ids = torch.zeros(2, 16, dtype=torch.long)
+    inputs = {"input_ids": ids, "decoder_input_ids": ids[:, :8]}
+    graph = autopar.trace(model, inputs)
+    cluster = autopar.Cluster.from_profile("dgx-a100", nodes=1)
+    for pp in (1, 2):
+        plan = autopar.plan(graph, cluster, global_batch_size=8, constraints={"pp": pp})
+        held = [name for stage in plan.stages for chunk in stage.chunks for name in chunk.layers]
+        assert sorted(held) == sorted(layer.name for layer in graph.layers)
+        assert plan.estimate == autopar.estimate(graph, cluster, plan.config,
+                                                 global_batch_size=8)
+    with pytest.raises(autopar.InputError, match="example_kwargs"):
+        autopar.trace(model, inputs, {"labels": ids})
+
+
 def test_a_shared_layer_called_at_every_depth_is_one_layer_per_call() -> None:
     import transformers as T
 

@@ -189,8 +189,10 @@ def trace(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] 
 
     The model may live on the ``meta`` device (the normal case for planning) or on the CPU;
     nothing is materialised: every tensor of the step is a fake tensor. ``example_inputs`` is
-    one tensor or a tuple of positional inputs; its first dimension is the batch the costs are
-    measured at (per-sample figures divide by it).
+    one tensor, a tuple of positional inputs, or a dict of keyword inputs (an encoder-decoder's
+    ``input_ids`` and ``decoder_input_ids``; ``example_kwargs`` then stays empty); the first
+    dimension of its tensors is the batch the costs are measured at (per-sample figures divide
+    by it).
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -198,6 +200,12 @@ def trace(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] 
         raise InputError(
             f"model {type(model).__name__} has no parameters: there is nothing to parallelise; "
             f"pass the module that owns the weights")
+    if isinstance(example_inputs, dict):
+        if example_kwargs:
+            raise InputError(
+                "example_inputs is a dict of keyword inputs and example_kwargs is given too: "
+                "pass the keyword inputs in one of them")
+        example_inputs, example_kwargs = (), example_inputs
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
     kwargs = dict(example_kwargs or {})
