@@ -846,6 +846,37 @@ def test_pp2_split_search_is_exact_and_its_bounds_never_exceed_any_split() -> No
     assert closest * 1.3 > 1
 
 
+def test_path_weights_survive_near_equal_path_lengths(capfd: pytest.CaptureFixture) -> None:
+    """Path lengths from a real search where GLOP, given them raw, failed: the weights are
+    still the LP's optimum (as OR-Tools' PDLP solves it, independently), not the uniform
+    fallback, and nothing is printed."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from ortools.linear_solver import pywraplp
+
+    from autopar.solver.pp2 import path_weights
+
+    data = Path(__file__).parent / "data" / "near_equal_path_lengths.json"
+    lengths = np.array(json.loads(data.read_text())["lengths"])
+    weights = path_weights(lengths)
+    assert weights.min() >= 0 and weights.sum() == pytest.approx(1, abs=1e-12)
+
+    solver = pywraplp.Solver.CreateSolver("PDLP")
+    w = [solver.NumVar(0.0, 1.0, "") for _ in range(lengths.shape[1])]
+    z = solver.NumVar(-solver.infinity(), solver.infinity(), "z")
+    solver.Add(sum(w) == 1)
+    for row in lengths:
+        solver.Add(z <= sum(a * float(x) for a, x in zip(w, row, strict=True)))
+    solver.Maximize(z)
+    assert solver.Solve() == pywraplp.Solver.OPTIMAL
+    uniform = (lengths.mean(axis=1)).min()
+    assert (lengths @ weights).min() == pytest.approx(z.solution_value(), rel=1e-7)
+    assert z.solution_value() > uniform + 1
+    assert "ABNORMAL" not in capfd.readouterr().err
+
+
 def test_twin_shapes_share_one_model_and_lose_no_split() -> None:
     """Shapes that trade context parallelism for micro-batch size keep every per-device
     figure, so they share one model (``twins.py``); the plan is still the least, over every

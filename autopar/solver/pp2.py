@@ -27,7 +27,7 @@ its paths, as counts ``alpha_k, beta_k, gamma_k`` of chunk k's forwards, backwar
 is at most the pipeline of every split; its least over all splits is a shortest path over
 (chunk, first layer) (a dynamic program, ``_table_of``), and with the optimizer's least share
 (half the parameters) a lower bound on every ``value``. The weights come from a small LP
-over the critical paths of the splits found so far (``_weights``): the split the program picks
+over the critical paths of the splits found so far (``path_weights``): the split the program picks
 under them is costed exactly and its critical path (``critical_path``) joins, until the
 program picks a split already seen. The program's table then bounds every completion of a
 partial split exactly (for those weights); with the paths of ``_lines`` (whole layers), a
@@ -68,8 +68,40 @@ SLICE_NODES = 2000
 search's heap at the least bound left): a count, not seconds, so that a search without a time
 limit visits the same nodes on every run."""
 
+LP_GRID = 1e-9
+"""Resolution, relative to their range, of the path lengths the weights' LP is given."""
+
 CHECK_EVERY = 64
 """Nodes between two looks at the clock."""
+
+
+def path_weights(lengths: np.ndarray) -> np.ndarray:
+    """Weights on the columns (paths) that make the least row (split) of ``lengths @ w``
+    largest: a small LP; any weights give a valid bound, and they are clipped and
+    renormalised.
+
+    The lengths go to the LP less their least and on a grid of ``LP_GRID`` of their range:
+    the weights sum to one, so the shift does not change them, and the grid is far below
+    what the bound can tell. Critical paths of near-alike splits have lengths equal to
+    ~1e-8, and GLOP given them raw can fail (``ABNORMAL``, and a line on stderr for every
+    value read; seen on Mistral-7B over V100 nodes). Should it still fail, the uniform
+    weights serve."""
+    low, span = lengths.min(), lengths.max() - lengths.min()
+    if span > 0:
+        lengths = np.round((lengths - low) / (span * LP_GRID)) * (span * LP_GRID)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    weights = [solver.NumVar(0.0, 1.0, f"w{i}") for i in range(lengths.shape[1])]
+    z = solver.NumVar(-solver.infinity(), solver.infinity(), "z")
+    solver.Add(sum(weights) == 1)
+    for row in lengths:
+        solver.Add(z <= sum(w * float(x) for w, x in zip(weights, row, strict=True)))
+    solver.Maximize(z)
+    uniform = np.full(len(weights), 1 / len(weights))
+    if solver.Solve() not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        return uniform
+    out = np.array([max(0.0, w.solution_value()) for w in weights])
+    total = out.sum()
+    return out / total if total > 0 else uniform
 
 
 @dataclass(frozen=True)
@@ -253,22 +285,6 @@ class SplitSearch:
         return sum(float(a) * c.forward + float(b) * c.backward + float(g) * c.send
                    for a, b, g, c in zip(*path, self._chunks(split), strict=True))
 
-    def _weights(self) -> np.ndarray:
-        """Weights of the paths found so far that make the least, over the splits found so
-        far, of their weighted length largest (a small LP; any weights give a valid bound,
-        and they are clipped and renormalised)."""
-        solver = pywraplp.Solver.CreateSolver("GLOP")
-        weights = [solver.NumVar(0.0, 1.0, f"w{i}") for i in range(len(self._paths))]
-        z = solver.NumVar(-solver.infinity(), solver.infinity(), "z")
-        solver.Add(sum(weights) == 1)
-        for row in self._rows:
-            solver.Add(z <= sum(w * x for w, x in zip(weights, row, strict=True)))
-        solver.Maximize(z)
-        solver.Solve()
-        out = np.array([max(0.0, w.solution_value()) for w in weights])
-        total = out.sum()
-        return out / total if total > 0 else np.full(len(out), 1 / len(out))
-
     def _add(self, split: tuple[int, ...]) -> None:
         """A split for the LP, and its critical path."""
         if split in self._splits:
@@ -301,7 +317,7 @@ class SplitSearch:
         while self.steps < COLUMN_STEPS:
             if deadline is not None and time.perf_counter() >= deadline:
                 return False
-            weights = self._weights()
+            weights = path_weights(np.array(self._rows))
             alpha, beta, gamma = (sum(w * path[i] for w, path in zip(weights, self._paths,
                                                                        strict=True))
                                   for i in range(3))
