@@ -355,6 +355,35 @@ def test_peak_in_flight_closed_form_matches_the_orders() -> None:
                     assert peak_in_flight(schedule, p, m, v) == expected
 
 
+@pytest.mark.parametrize("zero", [0, 2])
+def test_stage_model_keeps_splits_whose_sync_outlasts_all_compute(zero: int) -> None:
+    """On a slow network a device's sync, and the sends, can take longer than all the model's
+    compute (the stage model's horizon, once the upper bound of its sync and pipeline
+    terms): the model dropped those splits and, where that was all of them, reported the
+    shape proven empty (T5-large on 32 AWS p4d nodes, ZeRO-2, pp 2). Its first candidate's
+    bound is at most the least ``estimate()`` over every split (either bound put back fails
+    this)."""
+    from autopar.solver.space import Shape
+    from autopar.solver.stage_model import StageModel
+
+    gpt = SmallGPT()
+    cluster = Cluster.from_profile("dgx-a100", nodes=4)
+    slow = cluster.groups[0].inter_node.model_copy(update={
+        "bandwidth": 2.5e7, "allreduce_busbw": 2.4e7})
+    cluster = cluster.model_copy(update={"groups": [
+        cluster.groups[0].model_copy(update={"inter_node": slow})]})
+    shape = Shape(1, 2, 1, 16, zero, False, "1f1b", 1, 1)
+    t = gpt.tables(shape, cluster, 16)
+    least = min(e.step_time for _, _, e in gpt.fitting_estimates(shape, cluster, 16,
+                                                                  [("none",) * gpt.n]))
+    figures = t.figures(t.groups[0])
+    horizon = t.micro_batches * sum(n * (f.forward("full") + f.backward("full"))
+                                    for n, f in zip(t.classes.size, figures, strict=True))
+    assert least > 3 * horizon  # the sync dwarfs the compute
+    candidate, _ = StageModel(t).solve(None, None)
+    assert candidate is not None and candidate.bound <= least
+
+
 def test_shape_bounds_never_exceed_any_split_that_fits() -> None:
     """``shape_bound`` (work, whole layers on the busiest device, interleaved sends, ZeRO-3
     sync, fill) against ``estimate()`` of every contiguous split, under uniform and random

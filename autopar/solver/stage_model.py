@@ -178,9 +178,16 @@ class StageModel:
             horizon += sum(prefix[c][-1] * (_ns(figures[c].forward("full"))
                                              + _ns(figures[c].backward("full")))
                            for c in range(num_classes))
-        horizon = horizon * m + 1
+        # Any path through the schedule crosses at most two sends per chunk and micro-batch:
+        # on a slow network the sends may outlast all the compute.
+        most_send = max((_ns(x) for g in tables.distinct_groups for x in tables.sends(g)),
+                        default=0) if p > 1 else 0
+        horizon = (horizon + 2 * k_chunks * most_send) * m + 1
         self.pipe = md.new_int_var(0, horizon, "pipeline")
-        dp_time = md.new_int_var(0, horizon, "dp")
+        # A device's sync may outlast all the compute (a small model on a slow network).
+        most_sync = max(sum(prefix[c][-1] * _ns(tables.figures(tables.groups[d])[c].dp_sync)
+                            for c in range(num_classes)) for d in range(p))
+        dp_time = md.new_int_var(0, most_sync, "dp")
         opt_time = md.new_int_var(0, horizon, "optimizer")
         peak = md.new_int_var(0, 2**50, "peak_bytes") if minimize_memory else None
         per_param, fixed = tables.state_bytes_per_param()
