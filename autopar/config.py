@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -85,6 +86,7 @@ class ParallelConfig(BaseModel):
                 raise ConfigError(
                     f"layers_per_stage {counts} must list {chunks} positive counts (pp x "
                     f"virtual_stages) adding up to the model's {num_layers} layers")
+            bounds = list(itertools.accumulate(counts, initial=0))
         else:
             blocks = [i for i, b in enumerate(is_block) if b] or list(range(num_layers))
             if chunks > len(blocks):
@@ -94,6 +96,4 @@ class ParallelConfig(BaseModel):
             base, extra = divmod(len(blocks), chunks)
             firsts = [blocks[c * base + min(c, extra)] for c in range(1, chunks)]
             bounds = [0, *firsts, num_layers]
-            counts = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
-        starts = [sum(counts[:i]) for i in range(chunks)]
-        return [range(s, s + c) for s, c in zip(starts, counts, strict=True)]
+        return [range(a, b) for a, b in itertools.pairwise(bounds)]

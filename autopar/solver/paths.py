@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autopar.cost_models.pipeline import _orders
+from autopar.cost_models.pipeline import _fixed_sequence
 
 
 @dataclass(frozen=True)
@@ -35,63 +35,41 @@ def critical_path(schedule: str, p: int, m: int, v: int, forward: list[int],
                   backward: list[int], send: list[int]) -> tuple[int, Path]:
     """Length and counts of the longest path of the schedule's graph, with ``forward[k]``,
     ``backward[k]`` (zero-bubble: its input-gradient part) and ``send[k]`` (after chunk ``k``)
-    the costs of chunk ``k`` in model order."""
-    orders = _orders(schedule, p, m, v)
-    chunks = len(forward)
-    last = chunks - 1
-    end: dict[tuple[str, int, int], int] = {}
-    # Predecessor on the path: (op, via a send of chunk) or None.
-    came: dict[tuple[str, int, int], tuple[tuple[str, int, int] | None, int]] = {}
-    pos = [0] * p
-    left = sum(map(len, orders))
-    while left:
-        progressed = False
-        for d in range(p):
-            order = orders[d]
-            while pos[d] < len(order):
-                op = order[pos[d]]
-                kind, k, i = op
-                prev = order[pos[d] - 1] if pos[d] else None
-                best, via, lag_chunk = (end[prev] if prev else 0), prev, -1
-                if kind == "F":
-                    if k > 0:
-                        dep = ("F", k - 1, i)
-                        if dep not in end:
-                            break
-                        t = end[dep] + send[k - 1]
-                        if t > best:
-                            best, via, lag_chunk = t, dep, k - 1
-                else:
-                    dep = ("F", k, i)
-                    if dep not in end:
-                        break
-                    if end[dep] > best:
-                        best, via, lag_chunk = end[dep], dep, -1
-                    if k < last:
-                        dep = ("B", k + 1, i)
-                        if dep not in end:
-                            break
-                        t = end[dep] + send[k]
-                        if t > best:
-                            best, via, lag_chunk = t, dep, k
-                end[op] = best + (forward[k] if kind == "F" else backward[k])
-                came[op] = (via, lag_chunk)
-                pos[d] += 1
-                left -= 1
-                progressed = True
-        if not progressed:  # cannot happen for the schedules' orders
-            raise RuntimeError("pipeline schedule deadlocked")
-    tail = max(end, key=end.__getitem__)
-    fwd, bwd, snd = [0] * chunks, [0] * chunks, [0] * chunks
-    node: tuple[str, int, int] | None = tail
-    while node is not None:
-        kind, k, _ = node
-        (fwd if kind == "F" else bwd)[k] += 1
-        via, lag_chunk = came[node]
-        if lag_chunk >= 0:
-            snd[lag_chunk] += 1
-        node = via
-    return end[tail], Path(tuple(fwd), tuple(bwd), tuple(snd))
+    the costs of chunk ``k`` in model order. One pass over the schedule's ops in dependency
+    order (``_fixed_sequence``, zero-bubble's being 1F1B's), each op's longest way in kept:
+    the device's previous op, else the first of its inputs that arrives later."""
+    sequence = _fixed_sequence(schedule, p, m, v)
+    devices, kinds, chunks, firsts, seconds = sequence.columns
+    ops = len(devices)
+    end = [0] * ops
+    came = [-1] * ops  # the op before on the path, -1 for none
+    crossed = [-1] * ops  # the chunk whose send that step crosses, -1 for none
+    last_on = [-1] * p
+    for at in range(ops):
+        d, k, first, second = devices[at], chunks[at], firsts[at], seconds[at]
+        prev = last_on[d]
+        best, via, lag = (end[prev] if prev >= 0 else 0), prev, -1
+        if kinds[at]:
+            if first >= 0 and end[first] + send[k - 1] > best:
+                best, via, lag = end[first] + send[k - 1], first, k - 1
+            end[at] = best + forward[k]
+        else:
+            if end[first] > best:
+                best, via, lag = end[first], first, -1
+            if second >= 0 and end[second] + send[k] > best:
+                best, via, lag = end[second] + send[k], second, k
+            end[at] = best + backward[k]
+        came[at], crossed[at], last_on[d] = via, lag, at
+    tail = max(range(ops), key=end.__getitem__)
+    counts = {True: [0] * len(forward), False: [0] * len(forward)}
+    sends = [0] * len(forward)
+    node = tail
+    while node >= 0:
+        counts[bool(kinds[node])][chunks[node]] += 1
+        if crossed[node] >= 0:
+            sends[crossed[node]] += 1
+        node = came[node]
+    return end[tail], Path(tuple(counts[True]), tuple(counts[False]), tuple(sends))
 
 
 def interleaved_paths(p: int, v: int, m: int, forward: list[int], backward: list[int],

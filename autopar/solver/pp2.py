@@ -27,9 +27,9 @@ its paths, as counts ``alpha_k, beta_k, gamma_k`` of chunk k's forwards, backwar
 is at most the pipeline of every split; its least over all splits is a shortest path over
 (chunk, first layer) (a dynamic program, ``_table_of``), and with the optimizer's least share
 (half the parameters) a lower bound on every ``value``. The weights come from a small LP
-over the critical paths of the splits found so far (``path_weights``): the split the program picks
-under them is costed exactly and its critical path (``critical_path``) joins, until the
-program picks a split already seen. The program's table then bounds every completion of a
+over the critical paths of the splits found so far (``path_weights``): the split the program
+picks under them is costed exactly and its critical path (``critical_path``) joins, until
+the program picks a split already seen. The program's table then bounds every completion of a
 partial split exactly (for those weights); with the paths of ``_lines`` (whole layers), a
 depth-first branch and bound over chunk sizes, first chunk first, closes what is left: every
 leaf is costed exactly.

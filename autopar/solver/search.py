@@ -238,10 +238,10 @@ def _pop(heap: list, stalled: set[tuple], limit: float,
     """The heap's least entry; or, if that is a shape whose model (shared by its twins, so
     by signature) is ``stalled``, the shape below ``limit`` with the fewest splits whose
     model is not (among those, first the shapes whose bound is already sharp, not
-    ``unsharpened``, then the least bound; a family if no shape is left): after a stalled visit, the
-    next goes where a plan is quickest to find, so that one model slow to solve cannot take
-    the whole time limit and a better plan prunes sooner. Only the order of visits changes;
-    what the search proves does not."""
+    ``unsharpened``, then the least bound; a family if no shape is left): after a stalled
+    visit, the next goes where a plan is quickest to find, so that one model slow to solve
+    cannot take the whole time limit and a better plan prunes sooner. Only the order of
+    visits changes; what the search proves does not."""
     def is_stalled(entry: tuple) -> bool:
         return entry[3] is not None and entry[3].signature in stalled
 
@@ -289,8 +289,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
 
     The folklore is costed whatever the time limit (so the plan never loses to it); each
     pass of the rest stops at the first family whose bound is no better than the best plan,
-    and both once half of
-    the time left after bounding is spent.
+    and both once half of the time left after bounding is spent.
     """
     bounded = [(bound, item) for bound, _, item, _ in sorted(heap) if isinstance(item, Degrees)]
     families = [family for _, family in bounded]

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ortools.sat.python import cp_model
 
+from autopar.cluster import NodeGroup
 from autopar.config import ParallelConfig
 from autopar.solver.paths import Path, critical_path
 from autopar.solver.space import Shape
-from autopar.solver.tables import MODES, ShapeTables
+from autopar.solver.tables import MODES, ClassFigures, ShapeTables
 
 NS = 1e9  # integer time unit: nanoseconds
 
@@ -184,11 +186,17 @@ class StageModel:
                         default=0) if p > 1 else 0
         horizon = (horizon + 2 * k_chunks * most_send) * m + 1
         self.pipe = md.new_int_var(0, horizon, "pipeline")
-        # A device's sync may outlast all the compute (a small model on a slow network).
-        most_sync = max(sum(prefix[c][-1] * _ns(tables.figures(tables.groups[d])[c].dp_sync)
-                            for c in range(num_classes)) for d in range(p))
-        dp_time = md.new_int_var(0, most_sync, "dp")
-        opt_time = md.new_int_var(0, horizon, "optimizer")
+
+        def most(per_layer: Callable[[ClassFigures, NodeGroup], float]) -> int:
+            """A device's term at most: ``per_layer`` summed over every layer, on the device
+            where that is largest (a sync or an optimizer step may outlast all the compute:
+            a small model on a slow network)."""
+            return max(sum(prefix[c][-1] * _ns(per_layer(tables.figures(g)[c], g))
+                           for c in range(num_classes)) for g in tables.groups)
+
+        dp_time = md.new_int_var(0, most(lambda f, g: f.dp_sync), "dp")
+        opt_time = md.new_int_var(0, most(lambda f, g: f.params * tables.optimizer_rate(g)),
+                                  "optimizer")
         peak = md.new_int_var(0, 2**50, "peak_bytes") if minimize_memory else None
         per_param, fixed = tables.state_bytes_per_param()
         for d in range(p):
