@@ -21,13 +21,15 @@ import subprocess
 import sys
 
 # ``limit``: the time_limit_s each case runs with: within the budget for plan() (5 s
-# for 70B, 15 s for 405B) once tracing (~1.5 s and ~2.5 s here) is added, with a margin; the
-# heterogeneous case has no target and keeps the former common 10 s. Neither search ends
-# with a proof in that time: the table prints the proven gap of what it returns.
+# for 70B, 15 s for 405B) once tracing (~1.5 s and ~2.5 s here) is added, with a margin for
+# this VM's noise (70B: plan() has measured 4.5-5.5 s with 3 s); the search finds the 70B
+# plan ~1.7 s in and the 405B plan ~4.5 s in. The heterogeneous case has no target and keeps
+# the former common 10 s. No search ends with a proof in that time: the table prints the
+# proven gap of what it returns.
 CASES = {
     "llama3-70b / 128 x 8 H100 / gbs 1024": dict(
         layers=80, hidden=8192, heads=64, kv=8, ffn=28672, vocab=128256, seq=8192,
-        cluster="dgx-h100", nodes=128, gbs=1024, limit=3.0),
+        cluster="dgx-h100", nodes=128, gbs=1024, limit=2.5),
     "llama3-405b / 2048 x 8 H100 / gbs 2048": dict(
         layers=126, hidden=16384, heads=128, kv=8, ffn=53248, vocab=128256, seq=8192,
         cluster="dgx-h100", nodes=2048, gbs=2048, limit=10.0),
