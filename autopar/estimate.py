@@ -121,6 +121,10 @@ def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProf
     if config.schedule != "interleaved" and config.virtual_stages != 1:
         raise ConfigError(f"virtual_stages={config.virtual_stages} needs "
                           f"schedule='interleaved' (got {config.schedule!r})")
+    if config.schedule == "interleaved" and (config.virtual_stages < 2 or config.pp < 2):
+        raise ConfigError(f"schedule='interleaved' needs pp >= 2 and virtual_stages >= 2 (got "
+                          f"pp={config.pp}, virtual_stages={config.virtual_stages}): with one "
+                          "chunk per device it is 1F1B; use schedule='1f1b' or more chunks")
     if isinstance(config.recompute, tuple) and len(config.recompute) != len(profiles):
         raise ConfigError(f"recompute lists {len(config.recompute)} modes but the model has "
                           f"{len(profiles)} layers")

@@ -102,8 +102,9 @@ FULL_OR_NOT = ("none", "full")
 
 @pytest.mark.parametrize(("schedule", "virtual_stages", "stages", "modes"), [
     ("1f1b", 1, (1, 2, 4, 8), FULL_OR_NOT),
-    ("gpipe", 1, (2, 4), FULL_OR_NOT),  # a pinned schedule other than 1F1B implies pipelining
-    ("zero_bubble", 1, (2, 4), FULL_OR_NOT),
+    # Without pipelining every schedule runs the same, and a pinned one names it (pp = 1).
+    ("gpipe", 1, (1, 2, 4), FULL_OR_NOT),
+    ("zero_bubble", 1, (1, 2, 4), FULL_OR_NOT),
     # The interleaved bound is loose: with recomputation too, the search costs hundreds of
     # candidates before it closes (minutes); splits alone keep the test quick.
     ("interleaved", 2, (2,), ("none",)),
@@ -138,7 +139,8 @@ def test_stage_models_cut_into_tiny_slices_give_the_same_optimum(
     schedule = "zero_bubble"
     graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
-    pins: dict[str, object] = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2,
+    # pp pinned: without it the plan runs on one stage, and no stage model is needed.
+    pins: dict[str, object] = dict(tp=1, cp=1, pp=4, zero_stage=0, micro_batch_size=2,
                                    schedule=schedule, recompute=FULL_OR_NOT)
     default = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
     stalls = []
@@ -154,8 +156,7 @@ def test_stage_models_cut_into_tiny_slices_give_the_same_optimum(
     plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
     assert sum(stalls) > 0  # the slices did stop solves
     best = _brute_force(graph, cluster, 16, schedule=schedule, virtual_stages=1,
-                        stages=(2, 4),
-                        modes_allowed=FULL_OR_NOT)
+                        stages=(4,), modes_allowed=FULL_OR_NOT)
     assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
     assert plan.solver.optimal and plan.solver.gap == 0
     assert plan.config == default.config
@@ -261,6 +262,45 @@ def test_pins_are_obeyed() -> None:
     assert capped.config.tp == 1 and capped.config.micro_batch_size == 1
 
 
+def test_pins_keep_the_configurations_where_they_change_nothing() -> None:
+    """ZeRO without data parallelism and a schedule without pipelining cost what no ZeRO and
+    1F1B do, and such configurations are valid: a pin on them keeps them (named as pinned),
+    as a search of every valid configuration that obeys the pins would. Here the batch leaves
+    one replica (dp = 1) and ZeRO-3 is pinned: the plan is the least of every tp x pp,
+    schedule and split at dp = 1, costed by estimate()."""
+    graph = small_gpt_graph()
+    n = len(graph.layers)
+    cluster = Cluster.from_profile("dgx-a100", nodes=1)
+    pins = dict(zero_stage=3, cp=1, micro_batch_size=2, recompute=("none",))
+    plan = autopar.plan(graph, cluster, global_batch_size=2, constraints=pins)
+    assert (plan.config.dp, plan.config.zero_stage) == (1, 3)
+    best = None
+    for tp, sp, schedule in itertools.product((1, 2, 4, 8), (False, True),
+                                              ("gpipe", "1f1b", "zero_bubble", "interleaved")):
+        pp = 8 // tp
+        for v in (range(2, n // pp + 1) if schedule == "interleaved" else (1,)):
+            for cuts in itertools.combinations(range(1, n), pp * v - 1):
+                split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
+                try:
+                    config = ParallelConfig(tp=tp, pp=pp, zero_stage=3, micro_batch_size=2,
+                                            sequence_parallel=sp, schedule=schedule,
+                                            virtual_stages=v,
+                                            layers_per_stage=split if pp > 1 else None)
+                    e = estimate(graph, cluster, config, global_batch_size=2)
+                except ConfigError:
+                    continue
+                if e.fits and (best is None or e.step_time < best):
+                    best = e.step_time
+    assert best is not None
+    assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
+    unpinned = autopar.plan(graph, cluster, global_batch_size=2,
+                            constraints=dict(pins, zero_stage=None))
+    assert unpinned.estimate.step_time == plan.estimate.step_time
+    one_stage = autopar.plan(graph, cluster, global_batch_size=16,
+                             constraints=dict(pp=1, schedule="gpipe"))
+    assert (one_stage.config.pp, one_stage.config.schedule) == (1, "gpipe")
+
+
 def test_headroom_is_kept() -> None:
     graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)
@@ -300,6 +340,10 @@ def test_bad_constraints_are_refused() -> None:
         autopar.Constraints(tp=0)
     with pytest.raises(autopar.ConstraintError, match="virtual_stages"):
         autopar.Constraints(virtual_stages=2, schedule="1f1b")
+    with pytest.raises(autopar.ConstraintError, match="interleaving needs 2 chunks"):
+        autopar.Constraints(virtual_stages=1, schedule="interleaved")
+    with pytest.raises(autopar.ConstraintError, match="interleaving needs 2 pipeline stages"):
+        autopar.Constraints(pp=1, schedule="interleaved")
     with pytest.raises(ConfigError, match="global_batch_size"):
         autopar.plan(small_gpt_graph(), Cluster.from_profile("dgx-a100", nodes=1),
                      global_batch_size=0)

@@ -15,7 +15,9 @@ class ConstraintError(AutoparError):
 
 
 class Constraints(BaseModel):
-    """Pins and bounds on the plan. ``None`` leaves a choice to the solver.
+    """Pins and bounds on the plan. ``None`` leaves a choice to the solver. The plan is the
+    fastest of every valid configuration that obeys the pins, those where a pin changes
+    nothing included (ZeRO at dp x cp = 1, a schedule at pp = 1: named as pinned).
 
     ``memory_headroom`` is the share of every device's memory the plan must leave free (0.1:
     plan for 90% of capacity). ``recompute`` lists the modes the solver may give a layer.
@@ -55,6 +57,13 @@ class Constraints(BaseModel):
         if self.virtual_stages not in (None, 1) and self.schedule not in (None, "interleaved"):
             raise ConstraintError(f"constraints.virtual_stages={self.virtual_stages} needs "
                                   f"schedule='interleaved', not {self.schedule!r}")
+        if self.schedule == "interleaved" and self.virtual_stages == 1:
+            raise ConstraintError("constraints.virtual_stages=1 with schedule='interleaved' "
+                                  "allows nothing: interleaving needs 2 chunks per device or "
+                                  "more; pin virtual_stages >= 2, or schedule='1f1b'")
+        if self.schedule == "interleaved" and self.pp == 1:
+            raise ConstraintError("constraints.pp=1 with schedule='interleaved' allows nothing: "
+                                  "interleaving needs 2 pipeline stages or more")
 
     @classmethod
     def of(cls, value: Constraints | dict[str, object] | None) -> Constraints:

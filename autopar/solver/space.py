@@ -101,9 +101,10 @@ def degrees(cluster: Cluster, constraints: Constraints, *, global_batch_size: in
 def shapes(d: Degrees, constraints: Constraints, *, global_batch_size: int,
            num_layers: int) -> Iterator[Shape]:
     """The shapes of one family: ZeRO stage, sequence parallelism, schedule and virtual
-    stages. Choices that change nothing are not repeated: no ZeRO without data parallelism,
-    one schedule without pipelining, no sequence parallelism without tp; the interleaved
-    schedule needs micro-batches divisible by pp and a layer per chunk."""
+    stages. Choices that change nothing are not repeated: one ZeRO stage without data
+    parallelism, one schedule without pipelining (each the pinned one, if pinned), no
+    sequence parallelism without tp; the interleaved schedule needs micro-batches divisible by
+    pp and a layer per chunk."""
     m = global_batch_size // (d.dp * d.micro_batch_size)
     yield from _variants(constraints, d.tp, d.pp, d.cp, d.dp, d.micro_batch_size, m,
                          num_layers)
@@ -117,7 +118,7 @@ def representatives(d: Degrees, constraints: Constraints, *, global_batch_size: 
     c = constraints
     m = global_batch_size // (d.dp * d.micro_batch_size)
     schedule = next(_schedules(c, d.pp, m, num_layers), None)
-    zeros = pinned(c.zero_stage, [0, 1, 2, 3] if d.dp * d.cp > 1 else [0])
+    zeros = _zero_stages(c, d.dp, d.cp)
     if schedule is None or not zeros:
         return []
     sps = [sp for sp in ([False, True] if d.tp > 1 else [False])
@@ -128,9 +129,8 @@ def representatives(d: Degrees, constraints: Constraints, *, global_batch_size: 
 
 def _variants(c: Constraints, tp: int, pp: int, cp: int, dp: int, mbs: int, m: int,
               num_layers: int) -> Iterator[Shape]:
-    zeros = [0, 1, 2, 3] if dp * cp > 1 else [0]
     sps = [False, True] if tp > 1 else [False]
-    for zero in pinned(c.zero_stage, zeros):
+    for zero in _zero_stages(c, dp, cp):
         for sp in sps:
             if c.sequence_parallel is not None and sp != c.sequence_parallel:
                 continue
@@ -138,10 +138,21 @@ def _variants(c: Constraints, tp: int, pp: int, cp: int, dp: int, mbs: int, m: i
                 yield Shape(tp, pp, cp, dp, zero, sp, schedule, v, mbs)
 
 
+def _zero_stages(c: Constraints, dp: int, cp: int) -> list[int]:
+    """The ZeRO stages to try. Without data parallelism (dp x cp = 1) there is nothing to shard
+    and every stage costs what none does: one shape, at the pinned stage if there is one, so
+    that a pin keeps the configurations that obey it literally."""
+    if dp * cp > 1:
+        return pinned(c.zero_stage, [0, 1, 2, 3])
+    return [0 if c.zero_stage is None else c.zero_stage]
+
+
 def _schedules(c: Constraints, pp: int, m: int, num_layers: int) -> Iterator[tuple[str, int]]:
     if pp == 1:
-        if c.schedule in (None, "1f1b") and c.virtual_stages in (None, 1):
-            yield "1f1b", 1
+        # No pipeline: every schedule runs the same. One shape, named by the pinned schedule
+        # if there is one (interleaving needs two stages or more).
+        if c.schedule != "interleaved" and c.virtual_stages in (None, 1):
+            yield c.schedule or "1f1b", 1
         return
     for schedule in SCHEDULES:
         if c.schedule is not None and schedule != c.schedule:
