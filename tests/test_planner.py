@@ -14,6 +14,7 @@ import autopar
 from autopar.cluster import Cluster
 from autopar.config import ConfigError, ParallelConfig
 from autopar.estimate import estimate
+from tests import brute_force
 from tests.models import small_gpt_graph
 
 
@@ -70,50 +71,23 @@ def _fits(e: autopar.Estimate) -> bool:
     return e.fits
 
 
-def _brute_force(graph: autopar.ModelGraph, cluster: Cluster, global_batch: int, *,
-                 schedule: str, virtual_stages: int, stages: tuple[int, ...],
-                 modes_allowed: tuple[str, ...]) -> float:
-    """The least step time over every contiguous split of the layers into ``stages`` x
-    ``virtual_stages`` chunks and every per-layer choice among ``modes_allowed``."""
-    n = len(graph.layers)
-    best = None
-    for pp in stages:
-        chunks = pp * virtual_stages
-        for cuts in itertools.combinations(range(1, n), chunks - 1):
-            bounds = (0, *cuts, n)
-            split = tuple(b - a for a, b in itertools.pairwise(bounds))
-            for modes in itertools.product(modes_allowed, repeat=n):
-                try:
-                    config = ParallelConfig(
-                        dp=8 // pp, pp=pp, micro_batch_size=2, schedule=schedule,
-                        virtual_stages=virtual_stages if pp > 1 else 1,
-                        layers_per_stage=split if pp > 1 else None, recompute=modes)
-                    e = estimate(graph, cluster, config, global_batch_size=global_batch)
-                except ConfigError:
-                    continue
-                if e.fits and (best is None or e.step_time < best):
-                    best = e.step_time
-    assert best is not None
-    return best
-
-
 FULL_OR_NOT = ("none", "full")
 
 
-@pytest.mark.parametrize(("schedule", "virtual_stages", "stages", "modes"), [
-    ("1f1b", 1, (1, 2, 4, 8), FULL_OR_NOT),
-    # Without pipelining every schedule runs the same, and a pinned one names it (pp = 1).
-    ("gpipe", 1, (1, 2, 4), FULL_OR_NOT),
-    ("zero_bubble", 1, (1, 2, 4), FULL_OR_NOT),
+@pytest.mark.parametrize(("schedule", "virtual_stages", "modes"), [
+    ("1f1b", 1, FULL_OR_NOT),
+    ("gpipe", 1, FULL_OR_NOT),
+    ("zero_bubble", 1, FULL_OR_NOT),
     # The interleaved bound is loose: with recomputation too, the search costs hundreds of
     # candidates before it closes (minutes); splits alone keep the test quick.
-    ("interleaved", 2, (2,), ("none",)),
+    ("interleaved", 2, ("none",)),
 ])
 def test_plan_is_the_best_split_and_recomputation_by_brute_force(
-        schedule: str, virtual_stages: int, stages: tuple[int, ...],
-        modes: tuple[str, ...]) -> None:
-    """Every contiguous split and every per-layer choice of recomputation, costed by
-    estimate(): the plan's step time is the least of those that fit, for each schedule."""
+        schedule: str, virtual_stages: int, modes: tuple[str, ...]) -> None:
+    """Every pipeline degree, contiguous split and per-layer choice of recomputation, costed
+    by estimate(): the plan's step time is the least of those that fit, for each schedule
+    (pp = 1 included where the schedule is not interleaved: without pipelining every
+    schedule runs the same, and a pinned one names it)."""
     graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
     pins: dict[str, object] = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2,
@@ -121,9 +95,9 @@ def test_plan_is_the_best_split_and_recomputation_by_brute_force(
     if virtual_stages > 1:
         pins["virtual_stages"] = virtual_stages
     plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
-    best = _brute_force(graph, cluster, 16, schedule=schedule, virtual_stages=virtual_stages,
-                        stages=stages, modes_allowed=modes)
-    assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
+    best = brute_force.fastest(graph, cluster, 16, pins)
+    assert best is not None
+    assert plan.estimate.step_time == pytest.approx(best.step_time, rel=1e-12)
     assert plan.solver.optimal and plan.solver.gap == 0
 
 
@@ -155,9 +129,9 @@ def test_stage_models_cut_into_tiny_slices_give_the_same_optimum(
     monkeypatch.setattr(stage_model.StageModel, "solve", counted)
     plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
     assert sum(stalls) > 0  # the slices did stop solves
-    best = _brute_force(graph, cluster, 16, schedule=schedule, virtual_stages=1,
-                        stages=(4,), modes_allowed=FULL_OR_NOT)
-    assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
+    best = brute_force.fastest(graph, cluster, 16, pins)
+    assert best is not None
+    assert plan.estimate.step_time == pytest.approx(best.step_time, rel=1e-12)
     assert plan.solver.optimal and plan.solver.gap == 0
     assert plan.config == default.config
 
@@ -269,30 +243,13 @@ def test_pins_keep_the_configurations_where_they_change_nothing() -> None:
     one replica (dp = 1) and ZeRO-3 is pinned: the plan is the least of every tp x pp,
     schedule and split at dp = 1, costed by estimate()."""
     graph = small_gpt_graph()
-    n = len(graph.layers)
     cluster = Cluster.from_profile("dgx-a100", nodes=1)
     pins = dict(zero_stage=3, cp=1, micro_batch_size=2, recompute=("none",))
     plan = autopar.plan(graph, cluster, global_batch_size=2, constraints=pins)
     assert (plan.config.dp, plan.config.zero_stage) == (1, 3)
-    best = None
-    for tp, sp, schedule in itertools.product((1, 2, 4, 8), (False, True),
-                                              ("gpipe", "1f1b", "zero_bubble", "interleaved")):
-        pp = 8 // tp
-        for v in (range(2, n // pp + 1) if schedule == "interleaved" else (1,)):
-            for cuts in itertools.combinations(range(1, n), pp * v - 1):
-                split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
-                try:
-                    config = ParallelConfig(tp=tp, pp=pp, zero_stage=3, micro_batch_size=2,
-                                            sequence_parallel=sp, schedule=schedule,
-                                            virtual_stages=v,
-                                            layers_per_stage=split if pp > 1 else None)
-                    e = estimate(graph, cluster, config, global_batch_size=2)
-                except ConfigError:
-                    continue
-                if e.fits and (best is None or e.step_time < best):
-                    best = e.step_time
+    best = brute_force.fastest(graph, cluster, 2, pins)
     assert best is not None
-    assert plan.estimate.step_time == pytest.approx(best, rel=1e-12)
+    assert plan.estimate.step_time == pytest.approx(best.step_time, rel=1e-12)
     unpinned = autopar.plan(graph, cluster, global_batch_size=2,
                             constraints=dict(pins, zero_stage=None))
     assert unpinned.estimate.step_time == plan.estimate.step_time
@@ -641,29 +598,14 @@ def test_plan_is_the_optimum_on_a_heterogeneous_cluster(zero: int) -> None:
     contiguous split at one ZeRO stage, costed by estimate(): the plan's step time is the
     least of those that fit (at ZeRO-2/3 the best of them exposes dp sync)."""
     graph = small_gpt_graph()
-    n = len(graph.layers)
-    gbs = 16
+    pins = dict(cp=1, max_tp=2, zero_stage=zero, sequence_parallel=False, recompute=("none",),
+                virtual_stages=1)
     for order in ("ah", "ha"):
         cluster = _mixed(order)
-        best = None
-        for tp, pp, mbs, schedule in itertools.product(
-                (1, 2), (2, 4, 8), (1, 2, 4), ("gpipe", "1f1b", "zero_bubble")):
-            for cuts in itertools.combinations(range(1, n), pp - 1):
-                split = tuple(b - a for a, b in itertools.pairwise((0, *cuts, n)))
-                try:
-                    config = ParallelConfig(dp=32 // (tp * pp), tp=tp, pp=pp, zero_stage=zero,
-                                            micro_batch_size=mbs, schedule=schedule,
-                                            layers_per_stage=split, recompute="none")
-                    e = estimate(graph, cluster, config, global_batch_size=gbs)
-                except ConfigError:
-                    continue
-                if e.fits and (best is None or e.step_time < best):
-                    best = e.step_time
-        plan = autopar.plan(graph, cluster, global_batch_size=gbs, constraints=dict(
-            cp=1, max_tp=2, zero_stage=zero, sequence_parallel=False, recompute=("none",),
-            virtual_stages=1))
+        best = brute_force.fastest(graph, cluster, 16, pins)
+        plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
         assert best is not None
-        assert plan.estimate.step_time == pytest.approx(best, rel=1e-12), order
+        assert plan.estimate.step_time == pytest.approx(best.step_time, rel=1e-12), order
         assert plan.solver.optimal
 
 
