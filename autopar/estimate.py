@@ -121,10 +121,13 @@ def _validate(config: ParallelConfig, cluster: Cluster, profiles: list[LayerProf
     if config.schedule != "interleaved" and config.virtual_stages != 1:
         raise ConfigError(f"virtual_stages={config.virtual_stages} needs "
                           f"schedule='interleaved' (got {config.schedule!r})")
-    if config.schedule == "interleaved" and (config.virtual_stages < 2 or config.pp < 2):
-        raise ConfigError(f"schedule='interleaved' needs pp >= 2 and virtual_stages >= 2 (got "
-                          f"pp={config.pp}, virtual_stages={config.virtual_stages}): with one "
-                          "chunk per device it is 1F1B; use schedule='1f1b' or more chunks")
+    if config.schedule == "interleaved" and config.pp < 2:
+        raise ConfigError("schedule='interleaved' needs pp >= 2 (got pp=1): it runs other "
+                          "stages' chunks between a device's own; use schedule='1f1b'")
+    if config.schedule == "interleaved" and config.virtual_stages < 2:
+        raise ConfigError("schedule='interleaved' needs virtual_stages >= 2 (got 1): with one "
+                          "chunk per device it is 1F1B; set virtual_stages (--virtual-stages "
+                          "in the CLI), or use schedule='1f1b'")
     if isinstance(config.recompute, tuple) and len(config.recompute) != len(profiles):
         raise ConfigError(f"recompute lists {len(config.recompute)} modes but the model has "
                           f"{len(profiles)} layers")

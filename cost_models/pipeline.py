@@ -521,7 +521,7 @@ def peak_in_flight(schedule: Schedule, devices: int, micro_batches: int,
         total = m * v
         return tuple(total if m == p else min(2 * (p - d - 1) + (v - 1) * p + 1, total)
                      for d in range(p))
-    if schedule == "gpipe":
+    if schedule == "gpipe" and p > 1:
         return (m,) * p
     return tuple(min(p - d, m) for d in range(p))
 
@@ -535,8 +535,10 @@ def _orders(schedule: str, p: int, m: int, v: int) -> list[list[_Op]]:
                 f"(as Megatron requires); got micro_batches={m}"
             )
         return [_interleaved_order(d, p, v, m) for d in range(p)]
-    # Megatron runs the plain 1F1B schedule without virtual stages.
-    build = _gpipe_order if schedule == "gpipe" else _one_f_one_b_order
+    # Megatron runs the plain 1F1B schedule without virtual stages. One device is no pipeline:
+    # every schedule is gradient accumulation, one micro-batch held at a time (1F1B's order),
+    # which is what the executor runs at pp = 1.
+    build = _gpipe_order if schedule == "gpipe" and p > 1 else _one_f_one_b_order
     return [build(d, p, m) for d in range(p)]
 
 

@@ -2,11 +2,12 @@
 obeys the pins, costed by ``estimate()``, the fastest that fits kept.
 
 Valid means what ``ParallelConfig`` and ``estimate()`` accept; the pins are read as the planner
-reads them (``Constraints``). Context parallelism is enumerated only where pinned: the planner
-takes cp > 1 only for models whose attention it can cost the ring exchange of, which
-``estimate()`` does not check. Small spaces only: every split of the layers into
-``pp x virtual_stages`` chunks and every per-layer choice among the allowed recomputation
-modes are tried.
+reads them (``Constraints``). Two pins are required: cp (the planner takes cp > 1 only for
+models whose attention it can cost the ring exchange of, which ``estimate()`` does not check)
+and no idle devices (the reference does not try fewer nodes). Small spaces only: every split
+of the layers into ``pp x virtual_stages`` chunks and every per-layer choice among the
+allowed recomputation modes are tried. The schedules and ``_allowed`` restate the planner's
+on purpose: a reference that imported the search space would share its mistakes.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def configurations(graph: ModelGraph, cluster: Cluster, global_batch_size: int,
     """Every configuration the pins allow that ``ParallelConfig`` accepts (``estimate()``
     may still refuse some)."""
     rules = Constraints.of(pins)
-    n, world = len(graph.layers), cluster.world_size
+    if rules.cp is None or rules.allow_idle_devices:
+        raise ValueError("pin cp, and leave idle devices out: the reference enumerates "
+                         "neither")
+    n, world, cp = len(graph.layers), cluster.world_size, rules.cp
     for tp, pp in itertools.product(_allowed(rules.tp, divisors(world)), divisors(world)):
-        cp = rules.cp or 1
         if world % (tp * pp * cp) or (rules.max_tp and tp > rules.max_tp):
             continue
         dp = world // (tp * pp * cp)

@@ -81,7 +81,7 @@ def test_memory_shrinks_with_zero_and_recomputation() -> None:
     (ParallelConfig(pp=8, virtual_stages=2, schedule="interleaved"), "pipeline chunks"),
     (ParallelConfig(dp=8, sequence_parallel=True), "sequence_parallel needs tp > 1"),
     (ParallelConfig(pp=8, virtual_stages=2), "needs schedule='interleaved'"),
-    (ParallelConfig(pp=8, schedule="interleaved"), "interleaved' needs pp >= 2 and virtual"),
+    (ParallelConfig(pp=8, schedule="interleaved"), "interleaved' needs virtual_stages >= 2"),
     (ParallelConfig(dp=8, virtual_stages=2, schedule="interleaved"), "got pp=1"),
 ])
 def test_invalid_configurations_say_what_is_wrong(config: ParallelConfig, message: str) -> None:

@@ -23,7 +23,7 @@ import torch
 import autopar
 from autopar.cluster import Cluster
 from autopar.config import ParallelConfig
-from autopar.estimate import estimate
+from autopar.estimate import Estimate, estimate
 from autopar.layer_profiles import has_ring_attention, layer_profiles
 from autopar.solver.constraints import Constraints
 from autopar.solver.search import search
@@ -69,7 +69,7 @@ def random_case(seed: int) -> tuple[ModelGraph, Cluster, int, dict[str, Any]]:
     per_group = cluster.world_size // len(cluster.groups)
     plain = estimate(graph, cluster, ParallelConfig(dp=per_group, pp=len(cluster.groups)),
                      global_batch_size=cluster.world_size)
-    gib = plain.peak_memory * rng.choice([0.7, 1.0, 1.5, 3.0]) / 2**30
+    gib = plain.peak_memory * rng.choice([0.7, 1.0, 1.5, 1.5, 3.0, 3.0]) / 2**30
     cluster = tight(cluster, gib)
     ring = has_ring_attention(layer_profiles(graph))
     pins: dict[str, Any] = dict(cp=rng.choice([1, 1, 2]) if ring else 1,
@@ -79,17 +79,32 @@ def random_case(seed: int) -> tuple[ModelGraph, Cluster, int, dict[str, Any]]:
         pins.update(tp=rng.choice([1, 2]), zero_stage=rng.randrange(4),
                     micro_batch_size=rng.choice([1, 2]))
     if rng.random() < 0.4:
-        pins["schedule"] = rng.choice(brute_force.SCHEDULES)
+        # Interleaving needs two chunks per stage: only where there are layers for them.
+        schedules = brute_force.SCHEDULES if len(graph.layers) >= 8 else brute_force.SCHEDULES[:3]
+        pins["schedule"] = rng.choice(schedules)
     if rng.random() < 0.3:
         pins["memory_headroom"] = rng.choice([0.1, 0.3])
     return graph, cluster, rng.choice([8, 16, 32]), pins
 
 
+@pytest.fixture(scope="module")
+def optimum() -> dict[int, Estimate | None]:
+    """The reference's answer for every case, by seed."""
+    return {seed: brute_force.fastest(*random_case(seed)) for seed in range(CASES)}
+
+
+@pytest.mark.slow
+def test_most_random_cases_have_a_plan(optimum: dict[int, Estimate | None]) -> None:
+    """A case where nothing fits only checks that nothing is found: keep them few."""
+    assert sum(e is not None for e in optimum.values()) >= 2 * CASES // 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(CASES))
-def test_plan_is_the_brute_force_optimum_on_random_cases(seed: int) -> None:
+def test_plan_is_the_brute_force_optimum_on_random_cases(
+        seed: int, optimum: dict[int, Estimate | None]) -> None:
     graph, cluster, gbs, pins = random_case(seed)
-    best = brute_force.fastest(graph, cluster, gbs, pins)
+    best = optimum[seed]
     if best is None:
         with pytest.raises(autopar.InfeasibleError):
             autopar.plan(graph, cluster, global_batch_size=gbs, constraints=pins)

@@ -74,24 +74,27 @@ def _fits(e: autopar.Estimate) -> bool:
 FULL_OR_NOT = ("none", "full")
 
 
-@pytest.mark.parametrize(("schedule", "virtual_stages", "modes"), [
-    ("1f1b", 1, FULL_OR_NOT),
-    ("gpipe", 1, FULL_OR_NOT),
-    ("zero_bubble", 1, FULL_OR_NOT),
+@pytest.mark.parametrize(("schedule", "virtual_stages", "pp", "modes"), [
+    ("1f1b", 1, None, FULL_OR_NOT),
+    ("1f1b", 1, 4, FULL_OR_NOT),
+    ("gpipe", 1, 2, FULL_OR_NOT),
+    ("gpipe", 1, 4, FULL_OR_NOT),
+    ("zero_bubble", 1, 2, FULL_OR_NOT),
+    ("zero_bubble", 1, 4, FULL_OR_NOT),
     # The interleaved bound is loose: with recomputation too, the search costs hundreds of
     # candidates before it closes (minutes); splits alone keep the test quick.
-    ("interleaved", 2, ("none",)),
+    ("interleaved", 2, None, ("none",)),
 ])
 def test_plan_is_the_best_split_and_recomputation_by_brute_force(
-        schedule: str, virtual_stages: int, modes: tuple[str, ...]) -> None:
-    """Every pipeline degree, contiguous split and per-layer choice of recomputation, costed
-    by estimate(): the plan's step time is the least of those that fit, for each schedule
-    (pp = 1 included where the schedule is not interleaved: without pipelining every
-    schedule runs the same, and a pinned one names it)."""
+        schedule: str, virtual_stages: int, pp: int | None, modes: tuple[str, ...]) -> None:
+    """Every (or the pinned) pipeline degree, contiguous split and per-layer choice of
+    recomputation, costed by estimate(): the plan's step time is the least of those that
+    fit, for each schedule. pp is pinned where the least would otherwise be one stage,
+    which has no split to choose."""
     graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 2.2)
     pins: dict[str, object] = dict(tp=1, cp=1, zero_stage=0, micro_batch_size=2,
-                                   schedule=schedule, recompute=modes)
+                                   schedule=schedule, recompute=modes, pp=pp)
     if virtual_stages > 1:
         pins["virtual_stages"] = virtual_stages
     plan = autopar.plan(graph, cluster, global_batch_size=16, constraints=pins)
@@ -253,9 +256,13 @@ def test_pins_keep_the_configurations_where_they_change_nothing() -> None:
     unpinned = autopar.plan(graph, cluster, global_batch_size=2,
                             constraints=dict(pins, zero_stage=None))
     assert unpinned.estimate.step_time == plan.estimate.step_time
-    one_stage = autopar.plan(graph, cluster, global_batch_size=16,
-                             constraints=dict(pp=1, schedule="gpipe"))
-    assert (one_stage.config.pp, one_stage.config.schedule) == (1, "gpipe")
+    # One stage under a pinned GPipe is the plain step: the same time and memory.
+    gpipe = autopar.plan(graph, cluster, global_batch_size=16,
+                         constraints=dict(pp=1, schedule="gpipe"))
+    plain = autopar.plan(graph, cluster, global_batch_size=16, constraints=dict(pp=1))
+    assert gpipe.config.schedule == "gpipe"
+    assert (gpipe.estimate.step_time, gpipe.estimate.peak_memory) == (
+        plain.estimate.step_time, plain.estimate.peak_memory)
 
 
 def test_headroom_is_kept() -> None:
@@ -299,8 +306,9 @@ def test_bad_constraints_are_refused() -> None:
         autopar.Constraints(virtual_stages=2, schedule="1f1b")
     with pytest.raises(autopar.ConstraintError, match="interleaving needs 2 chunks"):
         autopar.Constraints(virtual_stages=1, schedule="interleaved")
-    with pytest.raises(autopar.ConstraintError, match="interleaving needs 2 pipeline stages"):
-        autopar.Constraints(pp=1, schedule="interleaved")
+    for interleaving in (dict(schedule="interleaved"), dict(virtual_stages=2)):
+        with pytest.raises(autopar.ConstraintError, match="needs 2 pipeline stages"):
+            autopar.Constraints(pp=1, **interleaving)
     with pytest.raises(ConfigError, match="global_batch_size"):
         autopar.plan(small_gpt_graph(), Cluster.from_profile("dgx-a100", nodes=1),
                      global_batch_size=0)

@@ -61,9 +61,11 @@ class Constraints(BaseModel):
             raise ConstraintError("constraints.virtual_stages=1 with schedule='interleaved' "
                                   "allows nothing: interleaving needs 2 chunks per device or "
                                   "more; pin virtual_stages >= 2, or schedule='1f1b'")
-        if self.schedule == "interleaved" and self.pp == 1:
-            raise ConstraintError("constraints.pp=1 with schedule='interleaved' allows nothing: "
-                                  "interleaving needs 2 pipeline stages or more")
+        if self.pp == 1 and (self.schedule == "interleaved"
+                             or (self.virtual_stages or 1) > 1):
+            raise ConstraintError("constraints.pp=1 with interleaving (schedule='interleaved' "
+                                  "or virtual_stages > 1) allows nothing: interleaving needs 2 "
+                                  "pipeline stages or more")
 
     @classmethod
     def of(cls, value: Constraints | dict[str, object] | None) -> Constraints:

@@ -303,8 +303,12 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
         return min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
 
     def megatron(shape: Shape, zero: int, schedules: tuple[str, ...]) -> bool:
-        return (shape.schedule in (*schedules, "interleaved")
-                and shape.sequence_parallel == (shape.tp > 1) and shape.zero_stage == zero)
+        """Whether ``shape`` is what a person would write, or what the pins leave of it."""
+        c = constraints
+        return ((c.schedule is not None or shape.schedule in (*schedules, "interleaved"))
+                and (c.sequence_parallel is not None
+                     or shape.sequence_parallel == (shape.tp > 1))
+                and (c.zero_stage is not None or shape.zero_stage == zero))
 
     def cost_family(family: Degrees, zero: int, schedules: tuple[str, ...] = ("1f1b",),
                     uneven: bool = False) -> bool:

@@ -113,13 +113,13 @@ def shapes(d: Degrees, constraints: Constraints, *, global_batch_size: int,
 def representatives(d: Degrees, constraints: Constraints, *, global_batch_size: int,
                     num_layers: int) -> list[Shape]:
     """One shape per sequence-parallel setting of a family, at its highest ZeRO stage (the one
-    needing the least memory) and first schedule: the first such shape ``shapes`` yields.
-    Enough to bound the whole family (layer costs depend on tp, sp, cp and micro-batch size)."""
+    needing the least memory) and first schedule. Enough to bound the whole family (layer
+    costs depend on tp, sp, cp and micro-batch size)."""
     c = constraints
     m = global_batch_size // (d.dp * d.micro_batch_size)
     schedule = next(_schedules(c, d.pp, m, num_layers), None)
     zeros = _zero_stages(c, d.dp, d.cp)
-    if schedule is None or not zeros:
+    if schedule is None:
         return []
     sps = [sp for sp in ([False, True] if d.tp > 1 else [False])
            if c.sequence_parallel is None or sp == c.sequence_parallel]
