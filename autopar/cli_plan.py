@@ -58,7 +58,8 @@ def add_parsers(commands: Any, model_args: Callable[[argparse.ArgumentParser], N
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="S",
-                   help="stop searching after S seconds with the best plan and its proven gap")
+                   help="return within about S seconds, tracing included, with the best plan "
+                   "found and its proven gap")
     p.add_argument("-o", "--output", metavar="PLAN.json", help="save the plan here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print the plan JSON, not the summary")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from autopar.cluster import Cluster
@@ -30,9 +31,13 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     ``model`` is an ``nn.Module`` (traced with ``example_inputs``, on the meta device if you
     like: a tensor, a tuple of positional inputs, or a dict of keyword inputs) or a
     ``ModelGraph``. Without ``time_limit_s`` the plan is optimal under the cost
-    model; with one, the best plan found and its proven gap. ``progress`` receives a line each
-    time a better plan is found. Raises ``InfeasibleError`` when nothing fits.
+    model; with one, the best plan found and its proven gap. The limit is the whole call's,
+    tracing included (what a caller waits for): the search gets what tracing leaves, and
+    costs the configurations a person would write by hand even when nothing is left.
+    ``progress`` receives a line each time a better plan is found. Raises
+    ``InfeasibleError`` when nothing fits.
     """
+    started = time.perf_counter()
     rules = Constraints.of(constraints)
     if global_batch_size < 1:
         raise ConfigError(f"global_batch_size must be positive, got {global_batch_size}")
@@ -46,16 +51,16 @@ def plan(model: Any, cluster: Cluster, *, example_inputs: Any = None,
     from autopar.solver.search import search
 
     whole = cluster
+    left = None if time_limit_s is None else time_limit_s - (time.perf_counter() - started)
     if rules.allow_idle_devices:
         # The plan may leave whole nodes idle: its cluster is then the nodes it runs on.
         result, cluster = search_fewer_nodes(
             graph, cluster, global_batch_size=global_batch_size, precision=precision,
-            optimizer=optimizer, constraints=rules, time_limit_s=time_limit_s,
-            progress=progress)
+            optimizer=optimizer, constraints=rules, time_limit_s=left, progress=progress)
     else:
         result = search(graph, cluster, global_batch_size=global_batch_size,
                         precision=precision, optimizer=optimizer, constraints=rules,
-                        time_limit_s=time_limit_s, progress=progress)
+                        time_limit_s=left, progress=progress)
     if result.best is None and result.stats.timed_out:
         raise InfeasibleError(
             f"no plan that fits was found within time_limit_s={time_limit_s}; allow more time "

@@ -265,6 +265,34 @@ def test_pins_keep_the_configurations_where_they_change_nothing() -> None:
         plain.estimate.step_time, plain.estimate.peak_memory)
 
 
+def test_the_time_limit_counts_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``time_limit_s`` is the whole call's: the search gets what tracing left of it."""
+    import time
+
+    import torch
+
+    from autopar import planner
+    from autopar.solver import search as search_module
+    from tests.models import mlp
+
+    given: list[float] = []
+    search, trace = search_module.search, planner.trace
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs["time_limit_s"])
+        return search(*args, **kwargs)
+
+    def slow_trace(*args: Any) -> Any:
+        time.sleep(0.3)
+        return trace(*args)
+
+    monkeypatch.setattr(search_module, "search", spy)
+    monkeypatch.setattr(planner, "trace", slow_trace)
+    autopar.plan(mlp(), Cluster.from_profile("dgx-a100", nodes=1),
+                 example_inputs=(torch.zeros(64, 32),), global_batch_size=64, time_limit_s=30)
+    assert len(given) == 1 and given[0] <= 30 - 0.3
+
+
 def test_headroom_is_kept() -> None:
     graph = small_gpt_graph()
     cluster = tight(Cluster.from_profile("dgx-a100", nodes=1), 3.0)

@@ -24,15 +24,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from ortools.sat.python import cp_model
+from typing import TYPE_CHECKING, Any
 
 from autopar.cluster import NodeGroup
 from autopar.config import ParallelConfig
 from autopar.solver.paths import Path, critical_path
 from autopar.solver.space import Shape
 from autopar.solver.tables import MODES, ClassFigures, ShapeTables
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model
 
 NS = 1e9  # integer time unit: nanoseconds
 
@@ -77,6 +78,11 @@ class StageModel:
     """CP-SAT model of the split and recomputation of one shape."""
 
     def __init__(self, tables: ShapeTables, *, minimize_memory: bool = False) -> None:
+        # Imported here, not with the module: OR-Tools' CP-SAT module imports pandas (~0.3 s),
+        # which a search that never builds a stage model (the split search served every
+        # shape it visited) does not need.
+        from ortools.sat.python import cp_model
+
         self.t = tables
         self.model = cp_model.CpModel()
         self._decisions: list[Expr] = []
@@ -338,6 +344,8 @@ class StageModel:
         if below is not None:
             # The bound only tightens from call to call, so it stays in the model.
             self.model.add(sum(self._objective_parts) <= math.ceil(below * NS) - 1)
+        from ortools.sat.python import cp_model  # loaded by __init__ already
+
         start = time.perf_counter()
         budget = self.slice  # deterministic seconds left to this call, re-solves included
         for _ in range(CUTS_PER_SOLVE):
