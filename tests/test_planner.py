@@ -1074,16 +1074,16 @@ def test_tp_divides_the_heads_of_an_attention_traced_as_matmuls() -> None:
 
 
 def test_even_splits_spread_the_layers_with_the_extra_ones_first_or_last() -> None:
-    """``search._even_splits``: what the first plans try where Megatron's split cannot
+    """``space.even_splits``: what the first plans try where Megatron's split cannot
     divide the blocks among the chunks."""
-    from autopar.solver.search import _even_splits
+    from autopar.solver.space import even_splits
 
-    assert _even_splits(83, 14) == [(6,) * 13 + (5,), (5,) + (6,) * 13]
-    assert _even_splits(129, 128) == [(2,) + (1,) * 127, (1,) * 127 + (2,)]
-    assert _even_splits(12, 4) == [(3, 3, 3, 3)]
+    assert even_splits(83, 14) == [(6,) * 13 + (5,), (5,) + (6,) * 13]
+    assert even_splits(129, 128) == [(2,) + (1,) * 127, (1,) * 127 + (2,)]
+    assert even_splits(12, 4) == [(3, 3, 3, 3)]
     for layers, chunks in itertools.product(range(1, 30), range(1, 30)):
         if chunks > layers:
             continue
-        for split in _even_splits(layers, chunks):
+        for split in even_splits(layers, chunks):
             assert sum(split) == layers and len(split) == chunks
             assert max(split) - min(split) <= 1

@@ -267,8 +267,8 @@ def test_other_hugging_face_architectures(architecture: str) -> None:
 
 def test_an_encoder_decoder_plans_from_keyword_inputs() -> None:
     """T5's encoder final norm and decoder embedding sit between its two runs of blocks: the
-    plan's stages hold every layer (they once lost the last two), and ``plan`` takes the
-    keyword inputs as a dict."""
+    plan's stages hold every layer (they once lost the last two). The keyword inputs go to
+    ``trace`` as a dict (``plan`` hands its ``example_inputs`` to it as they are)."""
     import transformers as T
 
     config = _other_hf_models()["T5ForConditionalGeneration"]

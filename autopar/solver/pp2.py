@@ -47,6 +47,7 @@ from autopar.cost_models.pipeline import _fixed_sequence, _run_fixed
 from ortools.linear_solver import pywraplp
 
 from autopar.solver.paths import critical_path
+from autopar.solver.space import even_splits
 from autopar.solver.stage_model import Candidate
 from autopar.solver.tables import ShapeTables
 
@@ -308,8 +309,7 @@ class SplitSearch:
         early: at ``deadline``, or to hand back the even split, first, if it is below
         ``limit``."""
         if not self._paths:
-            even = tuple(self.n // self.k + (1 if i < self.n % self.k else 0)
-                         for i in range(self.k))
+            even = even_splits(self.n, self.k)[0]
             self._consider(even, limit)
             self._add(even)
             if self.best is not None:

@@ -35,7 +35,14 @@ from autopar.solver.bounds import (
     shape_bound,
 )
 from autopar.solver.constraints import Constraints
-from autopar.solver.space import Degrees, Shape, degrees, representatives, shapes
+from autopar.solver.space import (
+    Degrees,
+    Shape,
+    degrees,
+    even_splits,
+    representatives,
+    shapes,
+)
 from autopar.solver.stage_model import Candidate, StageModel
 from autopar.solver.tables import LayerClasses, ShapeTables
 from autopar.solver.twins import Twins
@@ -302,19 +309,26 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
     def best_time() -> float:
         return min((e.estimate.step_time for e in per_shape.values()), default=math.inf)
 
+    def zeros(family: Degrees) -> list[int]:
+        """The ZeRO stages a person would try, in order: ZeRO-1 where there is data
+        parallelism (else none), then ZeRO-3 if that does not fit; the pinned one alone."""
+        if constraints.zero_stage is not None:
+            return [constraints.zero_stage]
+        return [min(1, family.dp * family.cp - 1), 3]
+
     def megatron(shape: Shape, zero: int, schedules: tuple[str, ...]) -> bool:
         """Whether ``shape`` is what a person would write, or what the pins leave of it."""
         c = constraints
         return ((c.schedule is not None or shape.schedule in (*schedules, "interleaved"))
                 and (c.sequence_parallel is not None
                      or shape.sequence_parallel == (shape.tp > 1))
-                and (c.zero_stage is not None or shape.zero_stage == zero))
+                and shape.zero_stage == zero)
 
     def cost_family(family: Degrees, zero: int, schedules: tuple[str, ...] = ("1f1b",),
                     uneven: bool = False) -> bool:
         """Cost the family's Megatron-style configurations at ``zero`` (the even split, one
         chunk per device for ``schedules``), or with ``uneven`` its interleaving whose chunks
-        do not divide the blocks (``_even_splits``); whether any fitted."""
+        do not divide the blocks (``even_splits``); whether any fitted."""
         found = False
         for shape in shapes(family, constraints, global_batch_size=global_batch_size,
                             num_layers=num_layers):
@@ -334,7 +348,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                     _try_uniform(shape, graph, cluster, constraints, global_batch_size,
                                  precision, optimizer, stats, per_shape)
                 else:  # Megatron's split needs the blocks to divide among the chunks
-                    for split in _even_splits(num_layers, t.chunks):
+                    for split in even_splits(num_layers, t.chunks):
                         _try_uniform(shape, graph, cluster, constraints, global_batch_size,
                                      precision, optimizer, stats, per_shape, split=split)
                 if len(cluster.groups) > 1:
@@ -348,7 +362,7 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
         deadline - time.perf_counter()) / 2
     for family in folklore:
         # Whatever the time limit: the plan never loses to what a person writes by hand.
-        cost_family(family, min(1, family.dp * family.cp - 1))
+        cost_family(family, zeros(family)[0])
     # Zero-bubble (ZB-H1, in torch's pipelining and Megatron-core) on 1F1B's stages too: on
     # deep pipelines it is often the better of the two.
     # Then, in a second pass, the uneven interleaved splits (many shapes, rarely the best).
@@ -359,9 +373,10 @@ def _first_plans(heap: list, tables: Callable[[Shape], ShapeTables],
                 return
             if bound >= best_time():
                 break  # in bound order: no family left can beat the best
-            if (uneven or family not in folklore) and not cost_family(
-                    family, min(1, family.dp * family.cp - 1), both, uneven):
-                cost_family(family, 3, both, uneven)
+            if uneven or family not in folklore:
+                for zero in zeros(family):  # the next only where this one fitted nothing
+                    if cost_family(family, zero, both, uneven):
+                        break
 
 
 def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints: Constraints,
@@ -390,15 +405,6 @@ def _try_uniform(shape: Shape, graph: ModelGraph, cluster: Cluster, constraints:
                        precision=precision, optimizer=optimizer)
         _record(shape, Evaluated(config, est), per_shape)
         return
-
-
-def _even_splits(layers: int, chunks: int) -> list[tuple[int, ...]]:
-    """The layers spread as evenly as the chunks allow, the extra ones on the first chunks
-    or on the last (interleaving holds more micro-batches on the first: the last may be what
-    fits)."""
-    base, extra = divmod(layers, chunks)
-    front = tuple(base + (i < extra) for i in range(chunks))
-    return [front] if not extra else [front, front[::-1]]
 
 
 def _speed_split(t: ShapeTables) -> tuple[int, ...]:

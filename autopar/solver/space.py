@@ -138,6 +138,16 @@ def _variants(c: Constraints, tp: int, pp: int, cp: int, dp: int, mbs: int, m: i
                 yield Shape(tp, pp, cp, dp, zero, sp, schedule, v, mbs)
 
 
+def even_splits(layers: int, chunks: int) -> list[tuple[int, ...]]:
+    """The layers spread as evenly as the chunks allow, the extra ones on the first chunks
+    or on the last (interleaving holds more micro-batches on the first: the last may be what
+    fits). The splits the first plans try where Megatron's cannot divide the blocks among
+    the chunks, and where the pp = 2 split search starts."""
+    base, extra = divmod(layers, chunks)
+    front = tuple(base + (i < extra) for i in range(chunks))
+    return [front] if not extra else [front, front[::-1]]
+
+
 def _zero_stages(c: Constraints, dp: int, cp: int) -> list[int]:
     """The ZeRO stages to try. Without data parallelism (dp x cp = 1) there is nothing to shard
     and every stage costs what none does: one shape, at the pinned stage if there is one, so
